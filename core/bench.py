@@ -1,0 +1,164 @@
+"""Benchmarks behind ``facecloak bench``: they print numbers and write them to docs/BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .device import configure_cpu_threads
+
+BENCHMARKS_MD = Path("docs/BENCHMARKS.md")
+
+
+def update_markdown_section(path: Path, key: str, body: str) -> None:
+    """Replace (or append) the block between ``<!-- key:start -->`` and ``<!-- key:end -->``."""
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    text = path.read_text() if path.is_file() else "# FaceCloak benchmarks\n"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        _, after = rest.split(end, 1)
+        text = before + block + after
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def machine_line() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+
+
+def _ready_models(names: list[str] | None) -> list[str]:
+    from .zoo.manifest import load_manifest
+    from .zoo.registry import cache_status
+
+    manifest = load_manifest()
+    chosen = names or list(manifest)
+    ready = [n for n in chosen if cache_status(manifest[n]).ready]
+    for name in sorted(set(chosen) - set(ready)):
+        print(f"skipping {name}: {cache_status(manifest[name]).message}", file=sys.stderr)
+    return ready
+
+
+def run_lfw_benchmark(args: argparse.Namespace) -> int:
+    from .detect import FaceDetector
+    from .verification import build_pair_set, evaluate_model
+    from .zoo.manifest import load_manifest, manifest_path
+    from .zoo.registry import load_model
+
+    lfw_dir, pairs_file = args.data / "lfw", args.data / "lfw_protocol" / "pairs.txt"
+    if not lfw_dir.is_dir() or not pairs_file.is_file():
+        print(f"LFW not found under {args.data} (expected lfw/ and lfw_protocol/pairs.txt)", file=sys.stderr)
+        return 2
+    threads = configure_cpu_threads()
+    names = _ready_models(args.models)
+    if not names:
+        print("no model is ready: run 'facecloak models --build'", file=sys.stderr)
+        return 2
+    command = "facecloak bench lfw " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "facecloak bench lfw"
+    t0 = time.perf_counter()
+    pair_set = build_pair_set(lfw_dir, pairs_file, FaceDetector(), args.pairs, args.impostors)
+    print(
+        f"{len(pair_set.photos)} photos with a face, {len(pair_set.same)} same-person pairs, "
+        f"{len(pair_set.different)} different-person pairs ({time.perf_counter() - t0:.0f} s detection)",
+        flush=True,
+    )
+    manifest = load_manifest()
+    results = {}
+    for name in names:
+        t1 = time.perf_counter()
+        result = evaluate_model(load_model(name), pair_set)
+        results[name] = result
+        spec = manifest[name]
+        print(
+            f"{name}: accuracy {result.accuracy * 100:.2f}% (reference {spec.reference_lfw_accuracy * 100:.1f}%), "
+            f"AUC {result.auc:.4f}, thr@FAR1e-2 {result.threshold_far_1e2:.3f}, thr@FAR1e-3 "
+            f"{result.threshold_far_1e3:.3f}, TAR@FAR1e-3 {result.tar_far_1e3 * 100:.1f}% "
+            f"({time.perf_counter() - t1:.0f} s)",
+            flush=True,
+        )
+    lines = [
+        "## LFW verification of the model zoo",
+        "",
+        f"Command: `{command}` ({machine_line()}, {threads} CPU thread(s)). MTCNN detection, the face nearest the",
+        "centre of each LFW photo, each model's own alignment. Same-person pairs: LFW `pairs.txt` pairs whose photos",
+        "are in `lfw/`; different-person pairs: random cross-identity pairs of the same photos. Accuracy is 10-fold",
+        "cross-validated on balanced pairs; thresholds are cosine similarities.",
+        "",
+        "| model | LFW accuracy | reference | AUC | thr @ FAR 1e-2 | thr @ FAR 1e-3 | TAR @ FAR 1e-3 "
+        "| pairs same / diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r.accuracy * 100:.2f}% | {manifest[name].reference_lfw_accuracy * 100:.1f}% | {r.auc:.4f} "
+            f"| {r.threshold_far_1e2:.3f} | {r.threshold_far_1e3:.3f} | {r.tar_far_1e3 * 100:.1f}% "
+            f"| {r.pairs_same} / {r.pairs_different} |"
+        )
+    table = "\n".join(lines)
+    print("\n" + table)
+    update_markdown_section(BENCHMARKS_MD, "lfw", table)
+    if args.output:
+        args.output.write_text(json.dumps({n: r.to_dict() for n, r in results.items()}, indent=2))
+    if args.write_manifest:
+        path = manifest_path()
+        raw = json.loads(path.read_text())
+        for entry in raw["models"]:
+            if entry["name"] in results:
+                entry["verification"] = results[entry["name"]].to_dict() | {"command": command}
+        path.write_text(json.dumps(raw, indent=2) + "\n")
+        print(f"stored in {path}")
+    return 0
+
+
+def _time_it(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def run_model_speed_benchmark(args: argparse.Namespace) -> int:
+    from .zoo.registry import load_model
+
+    threads = configure_cpu_threads()
+    rows = []
+    for name in _ready_models(args.models):
+        model = load_model(name)
+        h, w = model.input_size
+        timings = []
+        for batch in (1, 8):
+            crops = torch.rand(batch, 3, h, w, requires_grad=True)
+
+            def step(crops=crops, model=model):
+                crops.grad = None
+                model(crops).sum().backward()
+
+            timings.append(_time_it(step, args.repeats))
+        rows.append((name, f"{w}x{h}", timings[0] * 1000, timings[1] * 1000))
+        print(f"{name}: forward+backward {timings[0] * 1000:.0f} ms (1 face), {timings[1] * 1000:.0f} ms (8 faces)")
+    lines = [
+        "## Model speed: forward + backward on the CPU",
+        "",
+        f"Command: `facecloak bench models` ({machine_line()}, {threads} thread(s)); median of {args.repeats} runs.",
+        "",
+        "| model | input | 1 face (ms) | batch of 8 (ms) | per face in batch (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {n} | {s} | {a:.0f} | {b:.0f} | {b / 8:.0f} |" for n, s, a, b in rows]
+    update_markdown_section(BENCHMARKS_MD, "model-speed", "\n".join(lines))
+    if args.output:
+        args.output.write_text(json.dumps(rows))
+    return 0

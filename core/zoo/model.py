@@ -1,0 +1,49 @@
+"""``FaceModel``: a frozen, differentiable face-recognition network with its provenance."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..align import Alignment, FaceAligner
+from .manifest import ModelSpec
+
+
+class FaceModel(nn.Module):
+    """Aligned RGB crops ``B,3,h,w`` in [0, 1] to L2-normalised embeddings ``B,D``.
+
+    The wrapped ``network`` does the model's own preprocessing (scaling, channel order,
+    standardisation) inside, differentiably. Parameters are frozen; gradients reach the input only.
+    """
+
+    def __init__(self, spec: ModelSpec, network: nn.Module, alignment: Alignment) -> None:
+        super().__init__()
+        self.spec = spec
+        self.network = network
+        self.alignment = alignment
+        self.aligner = FaceAligner(alignment)
+        for param in self.parameters():
+            param.requires_grad_(False)
+        self.eval()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.alignment.size
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.spec.embedding_dim
+
+    def train(self, mode: bool = True) -> FaceModel:
+        # Always inference behaviour (batch norm statistics, dropout): this is a fixed recogniser.
+        return super().train(False)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        if crops.shape[-2:] != self.input_size:
+            raise ValueError(f"{self.name} expects {self.input_size} crops, got {tuple(crops.shape[-2:])}")
+        return F.normalize(self.network(crops), dim=-1)

