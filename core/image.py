@@ -34,7 +34,7 @@ def load_pil(path: str | Path) -> Image.Image:
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image to a ``1,3,H,W`` float32 tensor in [0, 1]."""
-    array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    array = np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy: torch shares its memory
     return uint8_to_tensor(array)
 
 

@@ -1,0 +1,343 @@
+"""The cloak: a LowKey-style ensemble attack on full-resolution photos, robust to blur, JPEG and resizing.
+
+For every face, the perturbation lives on a working copy of the face's region of the photo (the region
+downscaled so the face is about ``work_face_size`` pixels wide), is confined to a feathered mask around
+the face, reaches each ensemble model through that model's own differentiable alignment, and is finally
+upsampled onto the photo's own pixels. The objective pushes each model's embedding of the protected face
+away from its embedding of the clean face (cosine similarity, i.e. LowKey's normalised embedding distance)
+under randomly sampled degradations, each model's term scaled so that none dominates.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d
+
+from .align import warp_crops
+from .detect import Face
+from .quality import dssim
+from .transforms import RobustnessConfig, Transform, sample_transforms
+from .zoo.model import FaceModel
+
+
+@dataclass(frozen=True)
+class CloakConfig:
+    """Every knob of the attack. Presets (:data:`PRESETS`) set the perceptual budget and effort."""
+
+    steps: int = 30
+    step_size: float = 1.5 / 255
+    epsilon: float = 12 / 255  # L-infinity cap of the luminance change
+    chroma_epsilon: float = 3 / 255  # cap of the colour (chroma) change: no blotchy skin
+    dssim_budget: float = 0.007  # face-region DSSIM the result must stay within
+    quality_weight: float = 0.5  # weight of the DSSIM gradient relative to the attack's
+    views_per_step: int = 2  # degradations sampled per step (EOT)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    work_face_size: int = 160
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.views_per_step < 1:
+            raise ValueError("steps must be >= 0 and views_per_step >= 1")
+        if not 0 < self.dssim_budget < 0.5:
+            raise ValueError("dssim_budget must be in (0, 0.5)")
+
+
+PRESETS: dict[str, CloakConfig] = {
+    "low": CloakConfig(steps=20, dssim_budget=0.004, epsilon=8 / 255),
+    "mid": CloakConfig(),
+    "high": CloakConfig(steps=40, dssim_budget=0.012, epsilon=16 / 255, chroma_epsilon=4 / 255),
+}
+
+
+def preset(name: str, **overrides) -> CloakConfig:
+    try:
+        return replace(PRESETS[name], **overrides)
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+class CloakCancelled(RuntimeError):
+    """The caller asked the attack to stop; nothing was written."""
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    step: int
+    loss: float
+    similarity: dict[str, float]  # mean cosine to the clean embedding on this step's views, per model
+    dssim: float
+
+
+@dataclass
+class CloakResult:
+    photo: torch.Tensor  # 1,3,H,W protected photo, quantised to 8 bits
+    faces: list[Face]  # the faces that were protected
+    steps: list[StepMetrics]
+    face_dssim: list[float]  # per face, at photo resolution, after quantisation
+    perturbations: list[torch.Tensor]  # per face, at working resolution (for warm starts)
+
+
+ProgressCallback = Callable[[int, int, float], None]
+
+
+@dataclass
+class _FaceRegion:
+    """One face's working copy: photo region, its downscale, mask and per-model alignment matrices."""
+
+    face: Face
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    clean: torch.Tensor  # 1,3,h,w working copy of the region
+    mask: torch.Tensor  # 1,1,h,w feathered face mask
+    to_photo: np.ndarray  # 3x3: working pixel -> photo pixel (pixel centres)
+    delta: torch.Tensor  # 1,3,h,w perturbation (working resolution)
+    clean_embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def face_region_bounds(face: Face, height: int, width: int, margin: float = 0.6) -> tuple[int, int, int, int]:
+    """The photo region worked on for a face: its box grown by ``margin`` of its size on every side."""
+    x0, y0, x1, y1 = face.box
+    size = max(x1 - x0, y1 - y0)
+    gx, gy = margin * size, margin * size
+    return (
+        max(0, math.floor(y0 - gy)),
+        min(height, math.ceil(y1 + gy)),
+        max(0, math.floor(x0 - gx)),
+        min(width, math.ceil(x1 + gx)),
+    )
+
+
+def face_mask(
+    face: Face, bounds: tuple[int, int, int, int], size: tuple[int, int], feather: float = 0.08
+) -> torch.Tensor:
+    """Feathered ellipse over the face (forehead to chin), ``1,1,h,w`` in [0, 1] on the working grid."""
+    y0, y1, x0, x1 = bounds
+    h, w = size
+    fx, fy = (x1 - x0) / w, (y1 - y0) / h
+    bx0, by0, bx1, by1 = face.box
+    cx, cy = (bx0 + bx1) / 2 - x0, (by0 + by1) / 2 - y0 - 0.05 * (by1 - by0)
+    ax, ay = 0.62 * (bx1 - bx0), 0.68 * (by1 - by0)
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) * fy
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) * fx
+    r = ((xs[None, :] - cx) / ax) ** 2 + ((ys[:, None] - cy) / ay) ** 2
+    mask = (r <= 1).float()[None, None]
+    sigma = max(0.5, feather * (bx1 - bx0) / fx)
+    k = 2 * math.ceil(3 * sigma) + 1
+    mask = gaussian_blur2d(mask, (k, k), (sigma, sigma), border_type="constant")
+    # the feather may only fade, never reach outside the region: force exact zeros at the border
+    mask = mask * (mask > 1e-3)
+    return mask.clamp(0, 1)
+
+
+def _quantise(x: torch.Tensor) -> torch.Tensor:
+    """Round to 8 bits in the forward pass; pass the gradient straight through."""
+    return x + (torch.round(x * 255) / 255 - x).detach()
+
+
+def _project(delta: torch.Tensor, clean: torch.Tensor, config: CloakConfig) -> torch.Tensor:
+    luma = delta.mean(dim=1, keepdim=True)
+    chroma = delta - luma
+    delta = luma.clamp(-config.epsilon, config.epsilon) + chroma.clamp(-config.chroma_epsilon, config.chroma_epsilon)
+    return (clean + delta).clamp(0, 1) - clean
+
+
+def _budget_scale(
+    change: torch.Tensor, clean: torch.Tensor, weight: torch.Tensor, budget: float, quantise: bool = False
+) -> tuple[float, float]:
+    """Largest ``gamma <= 1`` with face DSSIM of ``clean + gamma * change`` within ``budget``; and that DSSIM."""
+
+    def measure(gamma: float) -> float:
+        x = (clean + gamma * change).clamp(0, 1)
+        if quantise:
+            x = torch.round(x * 255) / 255
+        return float(dssim(x, clean, weight=weight)[0])
+
+    value = measure(1.0)
+    if value <= budget:
+        return 1.0, value
+    lo, hi = 0.0, 1.0
+    for _ in range(7):
+        mid = (lo + hi) / 2
+        if measure(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return lo, measure(lo)
+
+
+class Cloak:
+    """``Cloak(models, config)(photo, faces)`` protects every given face of a ``1,3,H,W`` photo.
+
+    ``models`` is the attack ensemble (surrogates); never pass the models used to report protection.
+    """
+
+    def __init__(self, models: Sequence[FaceModel], config: CloakConfig | None = None) -> None:
+        if not models:
+            raise ValueError("the cloak needs at least one ensemble model")
+        self.models = list(models)
+        self.config = config or CloakConfig()
+        self.device = next(self.models[0].parameters()).device
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _region(self, photo: torch.Tensor, face: Face) -> _FaceRegion:
+        height, width = photo.shape[-2:]
+        bounds = face_region_bounds(face, height, width)
+        y0, y1, x0, x1 = bounds
+        region = photo[..., y0:y1, x0:x1]
+        scale = min(1.0, self.config.work_face_size / max(face.width, face.height))
+        h, w = max(8, round((y1 - y0) * scale)), max(8, round((x1 - x0) * scale))
+        if (h, w) != (y1 - y0, x1 - x0):
+            region = F.interpolate(region, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        fy, fx = (y1 - y0) / h, (x1 - x0) / w
+        to_photo = np.array([[fx, 0, (fx - 1) / 2 + x0], [0, fy, (fy - 1) / 2 + y0], [0, 0, 1.0]])
+        clean = region.to(self.device).contiguous()
+        mask = face_mask(face, bounds, (h, w)).to(self.device)
+        return _FaceRegion(face, y0, y1, x0, x1, clean, mask, to_photo, torch.zeros_like(clean))
+
+    def _matrices(self, model: FaceModel, region: _FaceRegion, shift: np.ndarray | None) -> torch.Tensor:
+        landmarks = region.face.landmark_array()
+        box = np.asarray(region.face.box, dtype=np.float64)
+        if shift is not None:
+            landmarks = landmarks + shift
+            box = box + np.tile(shift.mean(0), 2)
+        photo_to_crop = np.vstack([model.alignment.matrix(landmarks, box), [0, 0, 1]])
+        return torch.as_tensor((photo_to_crop @ region.to_photo)[:2][None], dtype=torch.float64)
+
+    def _embed(self, model: FaceModel, image: torch.Tensor, region: _FaceRegion, shift=None) -> torch.Tensor:
+        crops = warp_crops(image, self._matrices(model, region, shift), model.input_size)
+        return model(crops)
+
+    # -- the attack ---------------------------------------------------------------------------
+    def __call__(
+        self,
+        photo: torch.Tensor,
+        faces: Sequence[Face],
+        progress: ProgressCallback | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        init: Sequence[torch.Tensor | None] | None = None,
+    ) -> CloakResult:
+        config = self.config
+        if photo.dim() != 4 or photo.shape[:2] != (1, 3):
+            raise ValueError(f"expected a 1,3,H,W photo, got {tuple(photo.shape)}")
+        rng = random.Random(config.seed)
+        np_rng = np.random.default_rng(config.seed)
+        regions = [self._region(photo, face) for face in faces]
+        with torch.no_grad():
+            for region in regions:
+                for model in self.models:
+                    region.clean_embeddings[model.name] = self._embed(model, region.clean, region)
+        for i, region in enumerate(regions):
+            if init is not None and i < len(init) and init[i] is not None:
+                start = F.interpolate(init[i].to(self.device), size=region.clean.shape[-2:], mode="bilinear")
+                region.delta = _project(start * region.mask, region.clean, config)
+        weights = self._model_weights(regions) if regions else {}
+        history: list[StepMetrics] = []
+        for step in range(config.steps if regions else 0):
+            if should_cancel is not None and should_cancel():
+                raise CloakCancelled("cancelled")
+            views = sample_transforms(rng, config.views_per_step, config.robustness)
+            total_loss, sims, quality = 0.0, {m.name: 0.0 for m in self.models}, 0.0
+            for region in regions:
+                shifts = self._jitter(np_rng, region, len(views))
+                loss, region_sims, region_dssim, grad = self._step_gradient(region, views, shifts, weights)
+                with torch.no_grad():
+                    region.delta = _project(region.delta - config.step_size * grad.sign(), region.clean, config)
+                    gamma, _ = _budget_scale(
+                        region.delta * region.mask, region.clean, region.mask, config.dssim_budget
+                    )
+                    region.delta = region.delta * gamma
+                total_loss += loss
+                quality += region_dssim
+                for name, value in region_sims.items():
+                    sims[name] += value / len(regions)
+            history.append(StepMetrics(step + 1, total_loss, sims, quality / len(regions)))
+            if progress is not None:
+                progress(step + 1, config.steps, total_loss)
+        protected, face_dssim = self._compose(photo, regions)
+        return CloakResult(protected, list(faces), history, face_dssim, [r.delta.detach().cpu() for r in regions])
+
+    def _jitter(self, rng: np.random.Generator, region: _FaceRegion, count: int) -> list[np.ndarray | None]:
+        amount = self.config.robustness.landmark_jitter
+        if amount <= 0:
+            return [None] * count
+        marks = region.face.landmark_array()
+        eye_distance = float(np.linalg.norm(marks[1] - marks[0]))
+        return [rng.normal(0, amount * eye_distance, size=(5, 2)) for _ in range(count)]
+
+    def _model_weights(self, regions: list[_FaceRegion]) -> dict[str, float]:
+        """Scale each model's term by the inverse of its gradient size on the clean faces.
+
+        Gradient magnitudes differ by up to 1000x between these models; without this one model
+        would steer the whole ensemble.
+        """
+        norms = {}
+        for model in self.models:
+            total = 0.0
+            for region in regions:
+                x = region.clean.clone().requires_grad_(True)
+                target = region.clean_embeddings[model.name]
+                sim = (self._embed(model, x, region) * target).sum()
+                (grad,) = torch.autograd.grad(sim, x)
+                total += float((grad * region.mask).abs().mean())
+            norms[model.name] = max(total / len(regions), 1e-12)
+        mean = sum(norms.values()) / len(norms)
+        return {name: mean / norm for name, norm in norms.items()}
+
+    def _step_gradient(
+        self,
+        region: _FaceRegion,
+        views: list[Transform],
+        shifts: list[np.ndarray | None],
+        weights: dict[str, float],
+    ) -> tuple[float, dict[str, float], float, torch.Tensor]:
+        delta = region.delta.detach().requires_grad_(True)
+        protected = _quantise((region.clean + delta * region.mask).clamp(0, 1))
+        attack = protected.new_zeros(())
+        sims = {}
+        for model in self.models:
+            target = region.clean_embeddings[model.name]
+            model_sim = protected.new_zeros(())
+            for view, shift in zip(views, shifts, strict=True):
+                emb = self._embed(model, view(protected), region, shift)
+                model_sim = model_sim + (emb * target).sum() / len(views)
+            sims[model.name] = float(model_sim.detach())
+            attack = attack + weights[model.name] * model_sim / len(self.models)
+        (attack_grad,) = torch.autograd.grad(attack, delta, retain_graph=True)
+        quality = dssim(protected, region.clean, weight=region.mask).sum()
+        (quality_grad,) = torch.autograd.grad(quality, delta)
+        # both gradients scaled to unit mean magnitude on the face, so quality_weight means the same
+        # thing whatever the models and the photo
+        inside = region.mask > 0
+        a = attack_grad / attack_grad[inside.expand_as(attack_grad)].abs().mean().clamp_min(1e-12)
+        q = quality_grad / quality_grad[inside.expand_as(quality_grad)].abs().mean().clamp_min(1e-12)
+        grad = a + self.config.quality_weight * q
+        return float(attack.detach()), sims, float(quality.detach()), grad
+
+    def _compose(self, photo: torch.Tensor, regions: list[_FaceRegion]) -> tuple[torch.Tensor, list[float]]:
+        """Upsample each face's change onto the photo, quantise, and hold the DSSIM budget at full size."""
+        out = photo.detach().clone()
+        budgets = []
+        for region in regions:
+            size = (region.y1 - region.y0, region.x1 - region.x0)
+            change = region.delta.detach() * region.mask
+            if change.shape[-2:] != size:
+                change = F.interpolate(change, size=size, mode="bilinear", align_corners=False)
+                mask = F.interpolate(region.mask, size=size, mode="bilinear", align_corners=False)
+            else:
+                mask = region.mask
+            change = change.to(out.device, out.dtype)
+            mask = mask.to(out.device, out.dtype)
+            clean = out[..., region.y0 : region.y1, region.x0 : region.x1]
+            gamma, value = _budget_scale(change, clean, mask, self.config.dssim_budget, quantise=True)
+            out[..., region.y0 : region.y1, region.x0 : region.x1] = (clean + gamma * change).clamp(0, 1)
+            budgets.append(value)
+        return torch.round(out * 255) / 255, budgets

@@ -1,0 +1,29 @@
+"""Image-quality measures of a change, on tensors in [0, 1] (no network weights needed)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from kornia.color import rgb_to_grayscale
+from kornia.metrics import ssim as ssim_map
+
+
+def dssim(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None, window: int = 11) -> torch.Tensor:
+    """Structural dissimilarity (1 - SSIM) / 2 on luminance, averaged with an optional ``B,1,H,W`` weight.
+
+    Differentiable; Fawkes quotes its budgets (0.004 / 0.012 / 0.017) in this measure.
+    """
+    smap = ssim_map(rgb_to_grayscale(a), rgb_to_grayscale(b), window, padding="same")
+    d = (1 - smap) / 2
+    if weight is None:
+        return d.mean(dim=(1, 2, 3))
+    return (d * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3)).clamp_min(1e-8)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    mse = F.mse_loss(a, b, reduction="none").mean(dim=(1, 2, 3))
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11) -> torch.Tensor:
+    return 1 - 2 * dssim(a, b, window=window)

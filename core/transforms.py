@@ -1,0 +1,171 @@
+"""What happens to a photo on its way to a face-recognition system: blur, JPEG, resizing.
+
+Transforms act on ``B,3,H,W`` tensors in [0, 1]. The attack samples them differentiably
+(expectation over transformation); the protection report applies the same kinds for evaluation,
+with Pillow's real JPEG encoder instead of the differentiable codec.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from dataclasses import dataclass, field
+
+import kornia.filters as KF
+import numpy as np
+import torch
+import torch.nn.functional as F
+from kornia.enhance import jpeg_codec_differentiable
+from PIL import Image
+
+KINDS = ("identity", "gaussian", "median", "box", "motion", "jpeg", "resize")
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One degradation. ``kernel`` for blurs; ``sigma`` gaussian; ``angle`` motion (degrees);
+    ``quality`` JPEG; ``scale`` resize factor (down, then back up to the original size)."""
+
+    kind: str = "identity"
+    kernel: int = 0
+    sigma: float = 0.0
+    angle: float = 0.0
+    quality: int = 0
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown transform {self.kind!r}; known: {', '.join(KINDS)}")
+        if self.kind in ("gaussian", "median", "box", "motion") and (self.kernel < 3 or self.kernel % 2 == 0):
+            raise ValueError(f"{self.kind} blur needs an odd kernel >= 3, got {self.kernel}")
+
+    @property
+    def name(self) -> str:
+        if self.kind == "identity":
+            return "none"
+        if self.kind == "gaussian":
+            return f"gaussian k{self.kernel}" + (f" s{self.sigma:g}" if self.sigma else "")
+        if self.kind in ("median", "box"):
+            return f"{self.kind} k{self.kernel}"
+        if self.kind == "motion":
+            return f"motion k{self.kernel}" + (f" {self.angle:.0f}deg" if self.angle else "")
+        if self.kind == "jpeg":
+            return f"jpeg q{self.quality}"
+        return f"resize x{self.scale:.2f}"
+
+    def __call__(self, images: torch.Tensor, differentiable: bool = True) -> torch.Tensor:
+        return apply_transform(images, self, differentiable)
+
+
+def _sigma_for(kernel: int) -> float:
+    # OpenCV's rule for a gaussian kernel without an explicit sigma
+    return 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8
+
+
+def apply_transform(images: torch.Tensor, t: Transform, differentiable: bool = True) -> torch.Tensor:
+    if t.kind == "identity":
+        return images
+    if t.kind == "gaussian":
+        sigma = t.sigma or _sigma_for(t.kernel)
+        return KF.gaussian_blur2d(images, (t.kernel, t.kernel), (sigma, sigma))
+    if t.kind == "median":
+        return KF.median_blur(images, (t.kernel, t.kernel))
+    if t.kind == "box":
+        return KF.box_blur(images, (t.kernel, t.kernel))
+    if t.kind == "motion":
+        return KF.motion_blur(images, t.kernel, float(t.angle), 0.0)
+    if t.kind == "jpeg":
+        if differentiable:
+            quality = torch.full((images.shape[0],), float(t.quality), device=images.device, dtype=images.dtype)
+            return jpeg_codec_differentiable(images.clamp(0, 1), quality)
+        return pillow_jpeg(images, t.quality)
+    # resize: down by `scale` (antialiased, as image hosts do), then back up for the recogniser
+    height, width = images.shape[-2:]
+    small = (max(8, round(height * t.scale)), max(8, round(width * t.scale)))
+    down = F.interpolate(images, size=small, mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(down, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def pillow_jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """Real JPEG round trip through Pillow (4:2:0, as most uploads), not differentiable."""
+    out = []
+    for image in images.detach().clamp(0, 1):
+        array = image.mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="JPEG", quality=int(quality))
+        decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+        out.append(torch.from_numpy(decoded.copy()).permute(2, 0, 1).float().div(255))
+    return torch.stack(out).to(images.device, images.dtype)
+
+
+@dataclass(frozen=True)
+class RobustnessConfig:
+    """Which degradations the attack must survive, and their ranges (expectation over transformation)."""
+
+    blur: bool = True
+    jpeg: bool = True
+    resize: bool = True
+    landmark_jitter: float = 0.03  # detector jitter, as a fraction of the inter-ocular distance
+    kernels: tuple[int, ...] = (3, 5, 7, 9, 11)
+    gaussian_sigma: tuple[float, float] = (0.5, 3.0)
+    jpeg_quality: tuple[int, int] = (50, 95)
+    resize_scale: tuple[float, float] = (0.35, 1.0)
+    identity_weight: float = 1.0  # relative chance of the untouched image among the kinds
+    kinds_weight: dict[str, float] = field(default_factory=dict)
+
+    def kinds(self) -> list[str]:
+        kinds = ["identity"]
+        if self.blur:
+            kinds += ["gaussian", "median", "box", "motion"]
+        if self.jpeg:
+            kinds.append("jpeg")
+        if self.resize:
+            kinds.append("resize")
+        return kinds
+
+
+def sample_transforms(rng: random.Random, count: int, config: RobustnessConfig) -> list[Transform]:
+    """``count`` transforms drawn at random (kinds without replacement where possible)."""
+    kinds = config.kinds()
+    weights = [config.kinds_weight.get(k, config.identity_weight if k == "identity" else 1.0) for k in kinds]
+    chosen: list[str] = []
+    pool = list(zip(kinds, weights, strict=True))
+    for _ in range(count):
+        if not pool:
+            pool = list(zip(kinds, weights, strict=True))
+        total = sum(w for _, w in pool)
+        pick = rng.uniform(0, total)
+        for i, (kind, weight) in enumerate(pool):
+            pick -= weight
+            if pick <= 0 or i == len(pool) - 1:
+                chosen.append(kind)
+                pool.pop(i)
+                break
+    return [_sample_one(rng, kind, config) for kind in chosen]
+
+
+def _sample_one(rng: random.Random, kind: str, config: RobustnessConfig) -> Transform:
+    if kind == "identity":
+        return Transform()
+    if kind == "jpeg":
+        return Transform("jpeg", quality=rng.randint(*config.jpeg_quality))
+    if kind == "resize":
+        lo, hi = config.resize_scale
+        # uniform in log-scale: small factors are as likely as mild ones
+        return Transform("resize", scale=math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    kernel = rng.choice(config.kernels)
+    if kind == "gaussian":
+        return Transform("gaussian", kernel=kernel, sigma=rng.uniform(*config.gaussian_sigma))
+    if kind == "motion":
+        return Transform("motion", kernel=kernel, angle=rng.uniform(0, 180))
+    return Transform(kind, kernel=kernel)
+
+
+def evaluation_transforms(kernels: tuple[int, ...] = (3, 5, 7, 9, 11)) -> list[Transform]:
+    """The grid of the protection report: each blur at each kernel, JPEG 95/85/75/50."""
+    grid = [Transform()]
+    for kind in ("gaussian", "median", "box", "motion"):
+        grid += [Transform(kind, kernel=k) for k in kernels]
+    grid += [Transform("jpeg", quality=q) for q in (95, 85, 75, 50)]
+    return grid

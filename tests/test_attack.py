@@ -1,0 +1,111 @@
+"""The cloak on a real face: it works, stays inside the face and its budgets, is repeatable and stoppable."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from facecloak.core.attack import Cloak, CloakCancelled, CloakConfig, face_region_bounds, preset
+from facecloak.core.quality import dssim
+from facecloak.core.transforms import RobustnessConfig
+from facecloak.core.zoo.manifest import load_manifest
+from facecloak.core.zoo.registry import cache_status, load_model
+
+SURROGATE = "sface"  # the smallest ensemble model keeps these tests fast
+
+
+@pytest.fixture(scope="module")
+def surrogate():
+    status = cache_status(load_manifest()[SURROGATE])
+    if not status.ready:
+        pytest.skip(f"{SURROGATE} not converted: {status.message}")
+    return load_model(SURROGATE)
+
+
+def small_config(**overrides) -> CloakConfig:
+    base = CloakConfig(steps=6, views_per_step=1, dssim_budget=0.02, robustness=RobustnessConfig(blur=False))
+    return CloakConfig(**{**base.__dict__, **overrides})
+
+
+def similarity(model, photo, faces) -> float:
+    with torch.no_grad():
+        clean = model(model.aligner(photo, faces))
+    return clean
+
+
+@pytest.fixture(scope="module")
+def cloaked(surrogate, astronaut_photo, astronaut_faces):
+    return Cloak([surrogate], small_config())(astronaut_photo, astronaut_faces)
+
+
+def test_cloak_lowers_the_ensemble_similarity_of_a_real_face(surrogate, astronaut_photo, astronaut_faces, cloaked):
+    with torch.no_grad():
+        clean = surrogate(surrogate.aligner(astronaut_photo, astronaut_faces))
+        protected = surrogate(surrogate.aligner(cloaked.photo, astronaut_faces))
+    cosine = float((clean * protected).sum())
+    assert cosine < 0.6  # unprotected, the same photo scores 1.0
+    assert cloaked.steps[-1].similarity[SURROGATE] < cloaked.steps[0].similarity[SURROGATE]
+
+
+def test_pixels_outside_the_face_are_untouched(astronaut_photo, astronaut_faces, cloaked):
+    changed = (cloaked.photo != astronaut_photo).any(dim=1)[0]
+    assert changed.any()
+    y0, y1, x0, x1 = face_region_bounds(astronaut_faces[0], *astronaut_photo.shape[-2:])
+    outside = changed.clone()
+    outside[y0:y1, x0:x1] = False
+    assert not outside.any()
+
+
+def test_output_is_8_bit_and_within_the_caps(astronaut_photo, cloaked):
+    config = small_config()
+    assert torch.equal(cloaked.photo, torch.round(cloaked.photo * 255) / 255)
+    change = cloaked.photo - astronaut_photo
+    luma = change.mean(dim=1)
+    chroma = change - luma[:, None]
+    # caps hold at working resolution; resampling and 8-bit rounding add at most a level or so
+    assert luma.abs().max() <= config.epsilon + 1.5 / 255
+    assert chroma.abs().max() <= config.chroma_epsilon + 1.5 / 255
+    assert cloaked.face_dssim[0] <= config.dssim_budget
+
+
+def test_dssim_budget_is_held(surrogate, astronaut_photo, astronaut_faces):
+    tight = Cloak([surrogate], small_config(dssim_budget=0.002, steps=3))(astronaut_photo, astronaut_faces)
+    assert 0 < tight.face_dssim[0] <= 0.002
+    whole = float(dssim(tight.photo, astronaut_photo)[0])
+    assert whole < 0.002
+
+
+def test_same_seed_same_result_other_seed_other_result(surrogate, astronaut_photo, astronaut_faces):
+    config = small_config(steps=2, robustness=RobustnessConfig())
+    a = Cloak([surrogate], config)(astronaut_photo, astronaut_faces).photo
+    b = Cloak([surrogate], config)(astronaut_photo, astronaut_faces).photo
+    c = Cloak([surrogate], small_config(steps=2, robustness=RobustnessConfig(), seed=1))(
+        astronaut_photo, astronaut_faces
+    ).photo
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_cancel_stops_within_a_step(surrogate, astronaut_photo, astronaut_faces):
+    seen = []
+    with pytest.raises(CloakCancelled):
+        Cloak([surrogate], small_config(steps=50))(
+            astronaut_photo,
+            astronaut_faces,
+            progress=lambda step, total, loss: seen.append(step),
+            should_cancel=lambda: len(seen) >= 2,
+        )
+    assert seen == [1, 2]
+
+
+def test_excluded_faces_and_no_faces_leave_the_photo_as_it_was(surrogate, astronaut_photo):
+    result = Cloak([surrogate], small_config())(astronaut_photo, [])
+    assert torch.equal(result.photo, astronaut_photo)
+    assert result.steps == []
+
+
+def test_presets_order_their_budgets():
+    assert preset("low").dssim_budget < preset("mid").dssim_budget < preset("high").dssim_budget
+    assert preset("mid").dssim_budget <= 0.007
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("max")
