@@ -59,12 +59,12 @@ def run_lfw_benchmark(args: argparse.Namespace) -> int:
     if not lfw_dir.is_dir() or not pairs_file.is_file():
         print(f"LFW not found under {args.data} (expected lfw/ and lfw_protocol/pairs.txt)", file=sys.stderr)
         return 2
-    threads = configure_cpu_threads()
+    configure_cpu_threads()
     names = _ready_models(args.models)
     if not names:
         print("no model is ready: run 'facecloak models --build'", file=sys.stderr)
         return 2
-    command = "facecloak bench lfw " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "facecloak bench lfw"
+    command = "facecloak " + " ".join(sys.argv[1:])
     t0 = time.perf_counter()
     pair_set = build_pair_set(lfw_dir, pairs_file, FaceDetector(), args.pairs, args.impostors)
     print(
@@ -86,38 +86,52 @@ def run_lfw_benchmark(args: argparse.Namespace) -> int:
             f"({time.perf_counter() - t1:.0f} s)",
             flush=True,
         )
-    lines = [
-        "## LFW verification of the model zoo",
-        "",
-        f"Command: `{command}` ({machine_line()}, {threads} CPU thread(s)). MTCNN detection, the face nearest the",
-        "centre of each LFW photo, each model's own alignment. Same-person pairs: LFW `pairs.txt` pairs whose photos",
-        "are in `lfw/`; different-person pairs: random cross-identity pairs of the same photos. Accuracy is 10-fold",
-        "cross-validated on balanced pairs; thresholds are cosine similarities.",
-        "",
-        "| model | LFW accuracy | reference | AUC | thr @ FAR 1e-2 | thr @ FAR 1e-3 | TAR @ FAR 1e-3 "
-        "| pairs same / diff |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in results.items():
-        lines.append(
-            f"| {name} | {r.accuracy * 100:.2f}% | {manifest[name].reference_lfw_accuracy * 100:.1f}% | {r.auc:.4f} "
-            f"| {r.threshold_far_1e2:.3f} | {r.threshold_far_1e3:.3f} | {r.tar_far_1e3 * 100:.1f}% "
-            f"| {r.pairs_same} / {r.pairs_different} |"
-        )
-    table = "\n".join(lines)
-    print("\n" + table)
-    update_markdown_section(BENCHMARKS_MD, "lfw", table)
     if args.output:
         args.output.write_text(json.dumps({n: r.to_dict() for n, r in results.items()}, indent=2))
     if args.write_manifest:
-        path = manifest_path()
-        raw = json.loads(path.read_text())
-        for entry in raw["models"]:
-            if entry["name"] in results:
-                entry["verification"] = results[entry["name"]].to_dict() | {"command": command}
-        path.write_text(json.dumps(raw, indent=2) + "\n")
-        print(f"stored in {path}")
+        store_verification({n: r.to_dict() for n, r in results.items()}, command)
+        print(f"stored in {manifest_path()}")
+    table = lfw_table(load_manifest())
+    print("\n" + table)
+    update_markdown_section(BENCHMARKS_MD, "lfw", table)
     return 0
+
+
+def store_verification(results: dict[str, dict], command: str) -> None:
+    from .zoo.manifest import manifest_path
+
+    path = manifest_path()
+    raw = json.loads(path.read_text())
+    for entry in raw["models"]:
+        if entry["name"] in results:
+            entry["verification"] = results[entry["name"]] | {"command": command}
+    path.write_text(json.dumps(raw, indent=2) + "\n")
+
+
+def lfw_table(manifest: dict) -> str:
+    """The LFW table of every model measured so far, from the manifest (one source of truth)."""
+    lines = [
+        "## LFW verification of the model zoo",
+        "",
+        f"Machine: {machine_line()}. MTCNN detection, the face nearest the centre of each LFW photo, each model's",
+        "own alignment. Same-person pairs: LFW `pairs.txt` pairs whose photos are in `lfw/`; different-person pairs:",
+        "random cross-identity pairs of the same photos. Accuracy is 10-fold cross-validated on balanced pairs;",
+        "thresholds are cosine similarities. Each row names the command that measured it.",
+        "",
+        "| model | LFW accuracy | reference | AUC | thr @ FAR 1e-2 | thr @ FAR 1e-3 | TAR @ FAR 1e-3 "
+        "| pairs same / diff | command |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for spec in manifest.values():
+        r = spec.verification
+        if r is None:
+            continue
+        lines.append(
+            f"| {spec.name} | {r.accuracy * 100:.2f}% | {spec.reference_lfw_accuracy * 100:.1f}% | {r.auc:.4f} "
+            f"| {r.threshold_far_1e2:.3f} | {r.threshold_far_1e3:.3f} | {r.tar_far_1e3 * 100:.1f}% "
+            f"| {r.pairs_same} / {r.pairs_different} | `{r.command}` |"
+        )
+    return "\n".join(lines)
 
 
 def _time_it(fn, repeats: int) -> float:

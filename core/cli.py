@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     lfw.add_argument("--write-manifest", action="store_true", help="store the numbers in resources/models.json")
     lfw.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     lfw.set_defaults(func=cmd_bench_lfw)
+    from . import bench_protect
+
+    protect_bench = bench_sub.add_parser("protect", help="protection on labelled photos, held-out evaluators")
+    bench_protect.add_arguments(protect_bench)
+    protect_bench.set_defaults(func=bench_protect.run_protect_benchmark)
     speed = bench_sub.add_parser("models", help="CPU time of forward+backward per model, 1 face and a batch")
     speed.add_argument("--models", nargs="*")
     speed.add_argument("--repeats", type=int, default=5)

@@ -1,0 +1,286 @@
+"""``facecloak bench protect``: protection measured on a labelled photo set, held-out evaluators only.
+
+Per identity (seeded split), one photo is protected (the gallery photo a user would post) and up to
+``probes`` other photos stay clean (what a scraper already has). Threat models:
+
+- (A) identification, protected gallery vs clean probes: rank-1 / rank-5 of protected identities;
+- (B) verification: protected vs clean same-person pairs scoring below the FAR 1e-3 threshold;
+- (C) reverse identification: clean gallery, protected photo as the probe.
+
+Every evaluator x transform cell comes with n and a 95% Wilson interval; the headline is the worst
+held-out cell. Ensemble (white-box) numbers are reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .attack import Cloak, preset
+from .bench import BENCHMARKS_MD, machine_line, update_markdown_section
+from .detect import FaceDetector
+from .device import configure_cpu_threads
+from .image import ImageLoadError, load_image
+from .quality import psnr, ssim
+from .report import degraded_embeddings, wilson_interval
+from .transforms import Transform
+from .verification import DetectionCache
+from .zoo.manifest import load_manifest
+from .zoo.registry import load_model
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def bench_transforms(long_side: int) -> list[tuple[str, Transform]]:
+    """Issue 3's list: none, JPEG q75, resize to 720 px long side, four blurs at k5 and k9.
+
+    Photos already smaller than 720 px (LFW's 250 px) are halved instead: the row is labelled "resize".
+    """
+    out = [("none", Transform()), ("jpeg q75", Transform("jpeg", quality=75))]
+    out.append(("resize", Transform("resize", scale=720 / long_side if long_side > 720 else 0.5)))
+    for kind in ("gaussian", "median", "box", "motion"):
+        for k in (5, 9):
+            out.append((f"{kind} k{k}", Transform(kind, kernel=k)))
+    return out
+
+
+@dataclass
+class Identity:
+    name: str
+    gallery: Path
+    probes: list[Path]
+
+
+def split_identities(root: Path, count: int, probes: int, seed: int) -> list[Identity]:
+    rng = random.Random(seed)
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    usable = []
+    for folder in folders:
+        photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+        if len(photos) >= 2:
+            usable.append((folder.name, photos))
+    rng.shuffle(usable)
+    chosen = []
+    for name, photos in usable[:count]:
+        photos = photos[:]
+        rng.shuffle(photos)
+        chosen.append(Identity(name, photos[0], photos[1 : 1 + probes]))
+    return chosen
+
+
+def run_protect_benchmark(args: argparse.Namespace) -> int:
+    configure_cpu_threads()
+    manifest = load_manifest()
+    from .protect import check_disjoint, default_ensemble, default_evaluators
+
+    ensemble_names = args.ensemble or default_ensemble()
+    evaluator_names = args.evaluators or default_evaluators()
+    check_disjoint(ensemble_names, evaluator_names)
+    for name in evaluator_names:
+        if manifest[name].verification is None:
+            print(f"{name} has no thresholds: run 'facecloak bench lfw --write-manifest'", file=sys.stderr)
+            return 2
+    overrides = {"steps": args.steps} if args.steps is not None else {}
+    config = preset(args.preset, **overrides)
+    ensemble = [load_model(n) for n in ensemble_names]
+    evaluators = [load_model(n) for n in evaluator_names]
+    cloak = Cloak(ensemble, config)
+    detector = FaceDetector()
+    cache = DetectionCache()
+
+    identities: list[Identity] = []
+    for folder in args.data:
+        if not folder.is_dir():
+            print(f"skipping {folder}: not found", file=sys.stderr)
+            continue
+        count = args.identities if "lfw" in folder.name else 10_000
+        identities += split_identities(folder, count, args.probes, args.seed)
+    if not identities:
+        print("no identities with 2+ photos found", file=sys.stderr)
+        return 2
+
+    models = ensemble + evaluators
+    names = [m.name for m in models]
+    t_labels: list[str] | None = None
+    # per model: gallery embeddings clean [N,D], protected per transform {label: [N,D]}, probes [(identity, emb)]
+    clean_gallery = {n: [] for n in names}
+    protected_gallery: dict[str, dict[str, list[torch.Tensor]]] = {n: {} for n in names}
+    probe_embs = {n: [] for n in names}
+    probe_owner: list[int] = []
+    quality = {"face_dssim": [], "ssim": [], "psnr": []}
+    seconds_per_face: list[float] = []
+    kept: list[Identity] = []
+    started = time.perf_counter()
+    for idx, ident in enumerate(identities):
+        try:
+            photo = load_image(ident.gallery)
+        except ImageLoadError as err:
+            print(f"skipping {ident.name}: {err}", file=sys.stderr)
+            continue
+        face = cache.get(ident.gallery, detector)
+        probe_faces = [(p, cache.get(p, detector)) for p in ident.probes]
+        probe_faces = [(p, f) for p, f in probe_faces if f is not None]
+        if face is None or not probe_faces:
+            continue
+        t0 = time.perf_counter()
+        result = cloak(photo, [face])
+        seconds_per_face.append(time.perf_counter() - t0)
+        protected = result.photo
+        quality["face_dssim"].append(result.face_dssim[0])
+        quality["ssim"].append(float(ssim(protected, photo)[0]))
+        quality["psnr"].append(float(psnr(protected, photo)[0]))
+        transforms = bench_transforms(max(photo.shape[-2:]))
+        t_labels = t_labels or [label for label, _ in transforms]
+        position = len(kept)
+        kept.append(ident)
+        with torch.no_grad():
+            for model in models:
+                clean_gallery[model.name].append(model(model.aligner(photo, [face]))[0])
+                for label, t in transforms:
+                    emb = degraded_embeddings(model, protected, face, [t])[0]
+                    protected_gallery[model.name].setdefault(label, []).append(emb)
+                for p, f in probe_faces:
+                    probe_embs[model.name].append(model(model.aligner(load_image(p), [f]))[0])
+        probe_owner += [position] * len(probe_faces)
+        elapsed = time.perf_counter() - started
+        print(
+            f"[{idx + 1}/{len(identities)}] {ident.name}: {seconds_per_face[-1]:.1f} s, face DSSIM "
+            f"{result.face_dssim[0]:.4f}, {elapsed / (idx + 1) * (len(identities) - idx - 1):.0f} s left",
+            flush=True,
+        )
+    cache.save()
+    if not kept:
+        print("no identity had a detectable face in its photos", file=sys.stderr)
+        return 2
+    labels = t_labels or []
+    owners = torch.tensor(probe_owner)
+    results = []
+    for model in models:
+        v = manifest[model.name].verification
+        threshold = v.threshold_far_1e3 if v else float("nan")
+        role = "ensemble (white-box)" if model.name in ensemble_names else "held-out"
+        clean_g = torch.stack(clean_gallery[model.name])
+        probes = torch.stack(probe_embs[model.name])
+        base_sim = probes @ clean_g.T  # [P, N]
+        base_rank1 = float((base_sim.argmax(1) == owners).float().mean())
+        base_tar = float((base_sim[torch.arange(len(owners)), owners] >= threshold).float().mean())
+        for label in labels:
+            prot_g = torch.stack(protected_gallery[model.name][label])
+            sim_a = probes @ prot_g.T  # (A) clean probes against the protected gallery
+            rank1 = int((sim_a.argmax(1) == owners).sum())
+            top5 = sim_a.topk(min(5, sim_a.shape[1]), dim=1).indices
+            rank5 = int((top5 == owners[:, None]).any(1).sum())
+            genuine = sim_a[torch.arange(len(owners)), owners]
+            below = int((genuine < threshold).sum())  # (B) verification pairs no longer matching
+            # (C) protected photo as the probe against the clean gallery of every identity
+            sim_c = prot_g @ clean_g.T
+            rank1_c = int((sim_c.argmax(1) == torch.arange(len(kept))).sum())
+            n_p, n_i = len(owners), len(kept)
+            results.append(
+                {
+                    "model": model.name,
+                    "role": role,
+                    "transform": label,
+                    "n_pairs": n_p,
+                    "n_identities": n_i,
+                    "verification_protected": below / n_p,
+                    "verification_ci": wilson_interval(below, n_p),
+                    "rank1_A": rank1 / n_p,
+                    "rank1_A_ci": wilson_interval(rank1, n_p),
+                    "rank5_A": rank5 / n_p,
+                    "rank1_C": rank1_c / n_i,
+                    "rank1_C_ci": wilson_interval(rank1_c, n_i),
+                    "baseline_rank1": base_rank1,
+                    "baseline_tar_far_1e3": base_tar,
+                    "threshold_far_1e3": threshold,
+                }
+            )
+    summary = {
+        "preset": args.preset,
+        "config": {k: (v if isinstance(v, int | float | str) else str(v)) for k, v in config.__dict__.items()},
+        "ensemble": ensemble_names,
+        "evaluators": evaluator_names,
+        "identities": len(kept),
+        "data": [str(d) for d in args.data],
+        "seconds_per_face_mean": float(np.mean(seconds_per_face)),
+        "seconds_per_face_median": float(np.median(seconds_per_face)),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "quality_mean": {k: float(np.mean(v)) for k, v in quality.items()},
+        "quality_max_face_dssim": float(np.max(quality["face_dssim"])),
+        "cells": results,
+    }
+    print_and_write(summary, args)
+    return 0
+
+
+def print_and_write(summary: dict, args: argparse.Namespace) -> None:
+    cells = summary["cells"]
+    held = [c for c in cells if c["role"] == "held-out"]
+    worst_none = min((c for c in held if c["transform"] == "none"), key=lambda c: c["verification_protected"])
+    worst_any = min(held, key=lambda c: c["verification_protected"])
+    command = "facecloak " + " ".join(sys.argv[1:])
+    q = summary["quality_mean"]
+    lines = [
+        f"## Protection benchmark: preset `{summary['preset']}`" + (" (quick)" if args.quick else ""),
+        "",
+        f"Command: `{command}` ({machine_line()}).",
+        f"{summary['identities']} identities from {', '.join(summary['data'])}; one protected photo each, clean probes",
+        f"of the same people. Attack ensemble: {', '.join(summary['ensemble'])}. Held-out evaluators (never attacked):",
+        f"{', '.join(summary['evaluators'])}.",
+        "",
+        "- **Headline (worst held-out cell)**: without transforms "
+        f"{worst_none['verification_protected'] * 100:.0f}% of protected/clean pairs no longer match "
+        f"({worst_none['model']}); over all transforms the worst is "
+        f"{worst_any['verification_protected'] * 100:.0f}% ({worst_any['model']}, {worst_any['transform']}).",
+        f"- Quality: face DSSIM mean {q['face_dssim']:.4f} (max {summary['quality_max_face_dssim']:.4f}), "
+        f"photo SSIM {q['ssim']:.4f}, PSNR {q['psnr']:.1f} dB; LPIPS not measured (no offline weights).",
+        f"- Speed: {summary['seconds_per_face_median']:.1f} s per face (median, attack only), peak RSS "
+        f"{summary['peak_rss_mb']:.0f} MB.",
+        "",
+        "(B) = share of protected-vs-clean same-person pairs below the FAR 1e-3 threshold (higher is better);",
+        "(A) rank-1 = clean probes still finding the protected photo's identity first (lower is better);",
+        "(C) rank-1 = protected photo as probe finding its owner in a clean gallery (lower is better).",
+        "Baselines are the same numbers with the photo unprotected. 95% Wilson intervals in brackets.",
+        "",
+        "| model | role | transform | (B) protected | (A) rank-1 | (A) rank-5 | (C) rank-1 | clean rank-1 "
+        "| clean TAR | n |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        lo, hi = c["verification_ci"]
+        lines.append(
+            f"| {c['model']} | {c['role']} | {c['transform']} | {c['verification_protected'] * 100:.0f}% "
+            f"[{lo * 100:.0f}-{hi * 100:.0f}] | {c['rank1_A'] * 100:.0f}% | {c['rank5_A'] * 100:.0f}% "
+            f"| {c['rank1_C'] * 100:.0f}% | {c['baseline_rank1'] * 100:.0f}% | {c['baseline_tar_far_1e3'] * 100:.0f}% "
+            f"| {c['n_pairs']} |"
+        )
+    table = "\n".join(lines)
+    print("\n" + table)
+    if not args.quick:
+        update_markdown_section(BENCHMARKS_MD, f"protect-{summary['preset']}", table)
+    if args.output:
+        args.output.write_text(json.dumps(summary, indent=2))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", nargs="+", type=Path, default=[Path("../shared/data/lfw"), Path("../shared/data/people")]
+    )
+    parser.add_argument("--identities", type=int, default=50, help="LFW identities to use")
+    parser.add_argument("--probes", type=int, default=3, help="clean photos per identity")
+    parser.add_argument("--preset", default="mid", choices=["low", "mid", "high"])
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--ensemble", nargs="+", default=None)
+    parser.add_argument("--evaluators", nargs="+", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a handful of identities and few steps (CI)")
+    parser.add_argument("--output", type=Path, default=None, help="write JSON here")
