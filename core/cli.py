@@ -109,6 +109,12 @@ def cmd_bench_lfw(args: argparse.Namespace) -> int:
     return run_lfw_benchmark(args)
 
 
+def cmd_bench_speed(args: argparse.Namespace) -> int:
+    from .bench import run_speed_benchmark
+
+    return run_speed_benchmark(args)
+
+
 def cmd_bench_models(args: argparse.Namespace) -> int:
     from .bench import run_model_speed_benchmark
 
@@ -150,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     protect_bench = bench_sub.add_parser("protect", help="protection on labelled photos, held-out evaluators")
     bench_protect.add_arguments(protect_bench)
     protect_bench.set_defaults(func=bench_protect.run_protect_benchmark)
+    photo_speed = bench_sub.add_parser("speed", help="seconds to protect one real photo per preset")
+    photo_speed.add_argument("--photo", type=Path, default=DEFAULT_DATA / "people" / "person_02" / "img49.jpg")
+    photo_speed.add_argument("--presets", nargs="+", default=["low", "mid", "high"])
+    photo_speed.add_argument("--faces", type=int, default=1, help="protect at most this many faces")
+    photo_speed.add_argument("--repeats", type=int, default=1)
+    photo_speed.add_argument("--ensemble", nargs="+", default=None)
+    photo_speed.add_argument("--device", default="auto")
+    photo_speed.set_defaults(func=cmd_bench_speed)
     speed = bench_sub.add_parser("models", help="CPU time of forward+backward per model, 1 face and a batch")
     speed.add_argument("--models", nargs="*")
     speed.add_argument("--repeats", type=int, default=5)
