@@ -90,6 +90,9 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
             print(f"{name} has no thresholds: run 'facecloak bench lfw --write-manifest'", file=sys.stderr)
             return 2
     overrides = {"steps": args.steps} if args.steps is not None else {}
+    if args.quick:  # end-to-end check for CI: a few identities, a couple of steps, one view
+        overrides = {"steps": min(args.steps or 2, 2), "views_per_step": 1}
+        args.identities, args.probes, args.data = min(args.identities, 4), min(args.probes, 2), args.data[:1]
     config = preset(args.preset, **overrides)
     ensemble = [load_model(n) for n in ensemble_names]
     evaluators = [load_model(n) for n in evaluator_names]
@@ -102,7 +105,7 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
         if not folder.is_dir():
             print(f"skipping {folder}: not found", file=sys.stderr)
             continue
-        count = args.identities if "lfw" in folder.name else 10_000
+        count = args.identities if "lfw" in folder.name or args.quick else 10_000
         identities += split_identities(folder, count, args.probes, args.seed)
     if not identities:
         print("no identities with 2+ photos found", file=sys.stderr)

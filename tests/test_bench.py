@@ -1,0 +1,42 @@
+"""The benchmarks run end to end (quick modes); they assert nothing about speed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from facecloak.core.cli import main
+from facecloak.core.zoo.manifest import load_manifest
+from facecloak.core.zoo.registry import cache_status
+
+
+def test_protect_benchmark_quick_runs_end_to_end(shared_data, tmp_path, capsys):
+    manifest = load_manifest()
+    for name in ("sface", "openface"):
+        if not cache_status(manifest[name]).ready or manifest[name].verification is None:
+            pytest.skip(f"{name} not converted and measured")
+    out = tmp_path / "bench.json"
+    code = main(
+        [
+            "bench", "protect", "--quick", "--data", str(shared_data / "lfw"),
+            "--ensemble", "sface", "--evaluators", "openface", "--output", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads(out.read_text())
+    assert summary["identities"] >= 2
+    assert summary["ensemble"] == ["sface"] and summary["evaluators"] == ["openface"]
+    roles = {c["model"]: c["role"] for c in summary["cells"]}
+    assert roles == {"sface": "ensemble (white-box)", "openface": "held-out"}
+    none = [c for c in summary["cells"] if c["transform"] == "none"]
+    for cell in none:
+        assert 0 <= cell["verification_protected"] <= 1
+        lo, hi = cell["verification_ci"]
+        assert lo <= cell["verification_protected"] <= hi
+    assert "Headline (worst held-out cell)" in capsys.readouterr().out
+
+
+def test_protect_benchmark_refuses_overlapping_roles(shared_data):
+    with pytest.raises(ValueError, match="share model families"):
+        main(["bench", "protect", "--quick", "--ensemble", "sface", "--evaluators", "sface"])
