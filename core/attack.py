@@ -47,6 +47,10 @@ class CloakConfig:
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     work_face_size: int = 160
     momentum: float = 0.5
+    # Albums: a face that matches one protected earlier in this session starts from that face's change
+    # (carried in the canonical face frame) and runs only this share of the steps.
+    warm_start: bool = True
+    warm_start_step_share: float = 0.5
     bfloat16: bool = True  # mixed precision for the surrogate models on CPUs with native bf16
     seed: int = 0
 
@@ -90,6 +94,7 @@ class CloakResult:
     steps: list[StepMetrics]
     face_dssim: list[float]  # per face, at photo resolution, after quantisation
     perturbations: list[torch.Tensor]  # per face, in the canonical face frame: warm start for the next photo
+    warm_started: bool = False
 
 
 ProgressCallback = Callable[[int, int, float], None]
@@ -191,6 +196,36 @@ def _budget_scale(
     return lo, measure(lo)
 
 
+class AlbumMemory:
+    """Changes already computed in this session, keyed by the clean face's embedding on one ensemble model."""
+
+    def __init__(self, model: FaceModel, capacity: int = 64) -> None:
+        from .zoo.manifest import load_manifest
+
+        spec = load_manifest().get(model.name)
+        verification = spec.verification if spec else None
+        # same person = above the model's FAR 1e-3 threshold (a stranger's change would still protect, just
+        # less well: warm starts only save time, they never replace the optimisation)
+        self.threshold = verification.threshold_far_1e3 if verification else 0.5
+        self.capacity = capacity
+        self.entries: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def lookup(self, embedding: torch.Tensor) -> torch.Tensor | None:
+        best, best_sim = None, self.threshold
+        for key, change in self.entries:
+            sim = float(key.flatten() @ embedding.flatten().to(key))
+            if sim >= best_sim:
+                best, best_sim = change, sim
+        return best
+
+    def remember(self, embedding: torch.Tensor, change: torch.Tensor) -> None:
+        self.entries.append((embedding.detach().flatten().float().cpu(), change))
+        del self.entries[: -self.capacity]
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
 class Cloak:
     """``Cloak(models, config)(photo, faces)`` protects every given face of a ``1,3,H,W`` photo.
 
@@ -203,6 +238,7 @@ class Cloak:
         self.models = list(models)
         self.config = config or CloakConfig()
         self.device = next(self.models[0].parameters()).device
+        self.memory = AlbumMemory(self.models[0])
 
     # -- set-up -------------------------------------------------------------------------------
     def _region(self, photo: torch.Tensor, face: Face) -> _FaceRegion:
@@ -253,13 +289,17 @@ class Cloak:
             for region in regions:
                 for model in self.models:
                     region.clean_embeddings[model.name] = self._embed(model, region.clean, region)
+        if init is None and config.warm_start:
+            init = [self.memory.lookup(r.clean_embeddings[self.models[0].name]) for r in regions]
+        warm = bool(regions) and init is not None and all(x is not None for x in init[: len(regions)])
         for i, region in enumerate(regions):
             if init is not None and i < len(init) and init[i] is not None:
                 start = self._from_canonical(init[i].to(self.device, region.clean.dtype), region)
                 region.delta = _project(start, region.clean, config)
+        steps = max(1, round(config.steps * config.warm_start_step_share)) if warm else config.steps
         weights = self._model_weights(regions) if regions else {}
         history: list[StepMetrics] = []
-        for step in range(config.steps if regions else 0):
+        for step in range(steps if regions else 0):
             if should_cancel is not None and should_cancel():
                 raise CloakCancelled("cancelled")
             views = sample_transforms(rng, config.views_per_step, config.robustness)
@@ -283,10 +323,13 @@ class Cloak:
                     sims[name] += value / len(regions)
             history.append(StepMetrics(step + 1, total_loss, sims, quality / len(regions)))
             if progress is not None:
-                progress(step + 1, config.steps, total_loss)
+                progress(step + 1, steps, total_loss)
         protected, face_dssim = self._compose(photo, regions)
         canonical = [self._to_canonical(r.delta.detach() * r.mask, r).cpu() for r in regions]
-        return CloakResult(protected, list(faces), history, face_dssim, canonical)
+        if config.warm_start:
+            for region, change in zip(regions, canonical, strict=True):
+                self.memory.remember(region.clean_embeddings[self.models[0].name], change)
+        return CloakResult(protected, list(faces), history, face_dssim, canonical, warm_started=warm)
 
     def _canonical_matrix(self, region: _FaceRegion) -> np.ndarray:
         """3x3: working pixel -> canonical face frame (ArcFace template at 2x, with a margin)."""

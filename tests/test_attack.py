@@ -109,3 +109,30 @@ def test_presets_order_their_budgets():
     assert preset("mid").dssim_budget <= 0.007
     with pytest.raises(ValueError, match="unknown preset"):
         preset("max")
+
+
+def test_album_warm_start_reuses_the_change_for_the_same_person(surrogate, astronaut_photo, astronaut_faces):
+    cloak = Cloak([surrogate], small_config(steps=6))
+    first = cloak(astronaut_photo, astronaut_faces)
+    assert not first.warm_started and len(first.steps) == 6
+    # the same person again (here: the same photo shifted by a few pixels, as a burst shot would be)
+    shifted = torch.roll(astronaut_photo, shifts=(3, -4), dims=(-2, -1))
+    from facecloak.core.detect import FaceDetector
+
+    second = cloak(shifted, FaceDetector().detect(shifted))
+    assert second.warm_started and len(second.steps) == 3
+    with torch.no_grad():
+        clean = surrogate(surrogate.aligner(astronaut_photo, astronaut_faces))
+        protected = surrogate(surrogate.aligner(second.photo, astronaut_faces))
+    # the warm start carries the protection: it is at least as strong after half the steps
+    assert second.steps[0].similarity[SURROGATE] < first.steps[0].similarity[SURROGATE]
+    assert float((clean * protected).sum()) < 0.7
+
+
+def test_no_warm_start_across_different_people(surrogate, astronaut_photo, astronaut_faces):
+    cloak = Cloak([surrogate], small_config(steps=2))
+    cloak(astronaut_photo, astronaut_faces)
+    clean = surrogate(surrogate.aligner(astronaut_photo, astronaut_faces))
+    stranger = -clean  # an embedding pointing the other way is certainly someone else
+    assert cloak.memory.lookup(stranger) is None
+    assert cloak.memory.lookup(clean) is not None
