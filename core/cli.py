@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_protect_arguments(protect)
     protect.set_defaults(func=batch.run_protect)
 
+    from . import report_cli
+
+    report = sub.add_parser("report", help="protection report of a protected photo against clean ones")
+    report_cli.add_arguments(report)
+    report.set_defaults(func=report_cli.run)
+
     bench = sub.add_parser("bench", help="benchmarks that print numbers and write docs/BENCHMARKS.md")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     lfw = bench_sub.add_parser("lfw", help="LFW verification of each model (accuracy, AUC, thresholds)")

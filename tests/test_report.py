@@ -121,3 +121,25 @@ def test_reference_photos_of_the_same_person_are_compared(astronaut_photo, astro
     ref = rep.faces[0].references[0]
     assert ref.similarity_before == pytest.approx(ref.similarity_after, abs=1e-5)
     assert ref.similarity_before > 0.5
+
+
+def test_report_command_on_files(report, astronaut, tmp_path, capsys):
+    from PIL import Image
+
+    from facecloak.core.cli import main
+
+    need(EVALUATOR)
+    original = tmp_path / "astro.png"
+    Image.fromarray(astronaut).save(original)
+    other = tmp_path / "small.png"
+    Image.fromarray(astronaut).resize((300, 300)).save(other)
+    out = tmp_path / "report.json"
+    args = ["report", str(original), "--against", str(original), str(other), "--evaluators", EVALUATOR]
+    assert main([*args, "--ensemble", SURROGATE, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "match rate at FAR 1e-3" in text and "held-out evaluators: openface" in text
+    data = json.loads(out.read_text())
+    # an unprotected photo against itself: everything still matches where the clean photo did
+    assert data["match_rate_after"] == pytest.approx(data["match_rate_before"])
+    assert len(data["faces"][0]["references"]) == 1
+    assert main(["report", str(original), "--against", str(other), "--evaluators", EVALUATOR]) == 2
