@@ -147,7 +147,7 @@ def _time_it(fn, repeats: int) -> float:
 def run_model_speed_benchmark(args: argparse.Namespace) -> int:
     from .zoo.registry import load_model
 
-    threads = configure_cpu_threads()
+    configure_cpu_threads()
     rows = []
     for name in _ready_models(args.models):
         model = load_model(name)
@@ -166,7 +166,7 @@ def run_model_speed_benchmark(args: argparse.Namespace) -> int:
     lines = [
         "## Model speed: forward + backward on the CPU",
         "",
-        f"Command: `facecloak bench models` ({machine_line()}, {threads} thread(s)); median of {args.repeats} runs.",
+        f"Command: `facecloak {' '.join(sys.argv[1:])}` ({machine_line()}); median of {args.repeats} runs.",
         "",
         "| model | input | 1 face (ms) | batch of 8 (ms) | per face in batch (ms) |",
         "|---|---|---|---|---|",
@@ -186,7 +186,7 @@ def run_speed_benchmark(args: argparse.Namespace) -> int:
     from .image import load_image
     from .protect import Protector
 
-    threads = configure_cpu_threads()
+    configure_cpu_threads()
     if not args.photo.is_file():
         print(f"{args.photo} not found (pass --photo)", file=sys.stderr)
         return 2
@@ -215,7 +215,7 @@ def run_speed_benchmark(args: argparse.Namespace) -> int:
     lines = [
         "## Speed: protecting one photo on this CPU",
         "",
-        f"Command: `facecloak {' '.join(sys.argv[1:])}` ({machine_line()}, {threads} thread(s)); photo "
+        f"Command: `facecloak {' '.join(sys.argv[1:])}` ({machine_line()}); photo "
         f"`{args.photo.name}`; ensemble {', '.join(protector.ensemble_names)}. Peak RSS of the whole run: "
         f"{peak:.0f} MB.",
         "",
