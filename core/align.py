@@ -92,9 +92,7 @@ class BoxAlignment:
 Alignment = TemplateAlignment | BoxAlignment
 
 
-def face_matrices(
-    alignment: Alignment, faces: list[Face], landmark_shift: np.ndarray | None = None
-) -> torch.Tensor:
+def face_matrices(alignment: Alignment, faces: list[Face], landmark_shift: np.ndarray | None = None) -> torch.Tensor:
     """``N,2,3`` float64 photo-to-crop matrices, one per face.
 
     ``landmark_shift`` (``N,5,2`` pixels) moves the landmarks and box corners before fitting, to

@@ -313,9 +313,7 @@ class Cloak:
                     region.momentum = config.momentum * region.momentum + grad
                     step_direction = region.momentum.sign()
                     region.delta = _project(region.delta - config.step_size * step_direction, region.clean, config)
-                    gamma, _ = _budget_scale(
-                        region.delta * region.mask, region.clean, region.mask, config.dssim_budget
-                    )
+                    gamma, _ = _budget_scale(region.delta * region.mask, region.clean, region.mask, config.dssim_budget)
                     region.delta = region.delta * gamma
                 total_loss += loss
                 quality += region_dssim

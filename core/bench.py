@@ -222,8 +222,6 @@ def run_speed_benchmark(args: argparse.Namespace) -> int:
         "| preset | photo | faces | load (s) | detect (s) | protect (s) | total (s) |",
         "|---|---|---|---|---|---|---|",
     ]
-    lines += [
-        f"| {p} | {w}x{h} | {n} | {a:.1f} | {b:.1f} | {c:.1f} | {d:.1f} |" for p, w, h, n, a, b, c, d in rows
-    ]
+    lines += [f"| {p} | {w}x{h} | {n} | {a:.1f} | {b:.1f} | {c:.1f} | {d:.1f} |" for p, w, h, n, a, b, c, d in rows]
     update_markdown_section(BENCHMARKS_MD, "speed", "\n".join(lines))
     return 0

@@ -15,7 +15,8 @@ from PIL import Image
 from .attack import Cloak, CloakConfig, CloakResult
 from .detect import DetectorConfig, Face, FaceDetector
 from .device import select_device
-from .image import ImageLoadError, load_pil, pil_to_tensor, tensor_to_uint8
+from .export import UMASK, ExportError, ExportOptions, export_protected, export_target
+from .image import PHOTO_SUFFIXES, ImageLoadError, SourcePhoto, display_name, open_photo, pil_to_tensor
 from .zoo.manifest import load_manifest, load_roles
 from .zoo.registry import load_model
 
@@ -28,7 +29,6 @@ ENCODERS = {
     ".tif": "TIFF",
     ".tiff": "TIFF",
 }
-PHOTO_SUFFIXES = set(ENCODERS)
 
 
 def default_ensemble() -> list[str]:
@@ -47,13 +47,32 @@ def check_disjoint(ensemble: Sequence[str], evaluators: Sequence[str]) -> None:
         raise ValueError(f"ensemble and evaluators share model families {sorted(shared)}: the report would lie")
 
 
-def iter_photos(paths: Iterable[Path]) -> list[Path]:
-    """Photo files among ``paths`` (folders searched recursively, symlink loops ignored), sorted, unique."""
+def iter_photos(
+    paths: Iterable[Path],
+    on_error: Callable[[Path, str], None] | None = None,
+    exclude: Path | None = None,
+) -> list[Path]:
+    """Photo files among ``paths`` (folders searched recursively, symlink loops ignored), sorted, unique.
+
+    ``on_error(folder, message)`` hears about folders that cannot be listed; photos under ``exclude`` (the
+    output folder, when it lies inside an album) are left out so a second run never protects its own outputs.
+    """
     found: dict[Path, None] = {}
+    skip = os.path.realpath(exclude) if exclude is not None else None
+
+    def walk_error(err: OSError) -> None:
+        if on_error is not None:
+            where = Path(err.filename) if err.filename else Path("?")
+            on_error(where, f"{display_name(where)}: cannot list folder ({err.strerror or err})")
+
     for path in paths:
         path = Path(path)
         if path.is_dir():
-            for root, _dirs, files in os.walk(path, followlinks=False):
+            for root, dirs, files in os.walk(path, followlinks=False, onerror=walk_error):
+                if skip is not None:
+                    dirs[:] = [d for d in dirs if os.path.realpath(Path(root) / d) != skip]
+                    if os.path.realpath(root) == skip:
+                        continue
                 for name in sorted(files):
                     if Path(name).suffix.lower() in PHOTO_SUFFIXES:
                         found[Path(root) / name] = None
@@ -75,6 +94,7 @@ def write_image_atomic(pixels: Image.Image, target: Path, quality: int = 92, ove
     options = {"quality": quality, "subsampling": 0} if kind in ("JPEG", "WEBP") else {}
     handle, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".part", dir=target.parent)
     try:
+        os.fchmod(handle, 0o666 & ~UMASK)  # mkstemp's 0600 is wrong for a photo
         with os.fdopen(handle, "wb") as stream:
             pixels.save(stream, format=kind, **options)  # no exif= : identifying metadata is not copied
             stream.flush()
@@ -130,23 +150,64 @@ class Protector:
         suffix: str = "_cloaked",
         overwrite: bool = False,
         progress: Callable[[int, int, float], None] | None = None,
+        options: ExportOptions | None = None,
+        should_cancel: Callable[[], bool] | None = None,
     ) -> PhotoOutcome:
+        """Protect one photo file into ``out_dir`` (``options`` wins over ``suffix``/``overwrite``)."""
+        return self.protect_path(
+            source, out_dir, options or ExportOptions(suffix=suffix, overwrite=overwrite), progress, should_cancel
+        ).outcome
+
+    def protect_path(
+        self,
+        source: Path,
+        out_dir: Path,
+        options: ExportOptions,
+        progress: Callable[[int, int, float], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> ProtectedPhoto:
+        """Load, detect, cloak and export one photo; every expected failure becomes an outcome, not a raise."""
         start = time.perf_counter()
-        target = output_path(source, out_dir, suffix)
-        if target.resolve() == source.resolve():
-            return PhotoOutcome(source, "error", message="output would replace the original; choose another folder")
-        if target.exists() and not overwrite:
-            return PhotoOutcome(source, "skipped", target, message=f"{target.name} exists")
+        source = Path(source)
+        target = export_target(source, out_dir, options)
         try:
-            image = load_pil(source)
+            same = os.path.realpath(target) == os.path.realpath(source)
+        except OSError:
+            same = False
+        if same:
+            return ProtectedPhoto(
+                PhotoOutcome(source, "error", message="output would replace the original; choose another folder")
+            )
+        if target.exists() and not options.overwrite:
+            return ProtectedPhoto(PhotoOutcome(source, "skipped", target, message=f"{display_name(target)} exists"))
+        try:
+            photo = open_photo(source)
         except ImageLoadError as err:
-            return PhotoOutcome(source, "error", message=str(err))
-        photo = pil_to_tensor(image)
-        faces = self.detector.detect(photo)
+            return ProtectedPhoto(PhotoOutcome(source, "error", message=str(err)))
+        clean = pil_to_tensor(photo.rgb)
+        faces = self.detector.detect(clean)
         if not faces:
-            return PhotoOutcome(source, "no face", seconds=time.perf_counter() - start, message="no face found")
-        result = self.protect_tensor(photo, faces, progress)
-        write_image_atomic(Image.fromarray(tensor_to_uint8(result.photo.cpu())), target, overwrite=overwrite)
-        return PhotoOutcome(
-            source, "protected", target, len(faces), time.perf_counter() - start, face_dssim=tuple(result.face_dssim)
+            outcome = PhotoOutcome(source, "no face", seconds=time.perf_counter() - start, message="no face found")
+            return ProtectedPhoto(outcome, photo, clean)
+        result = self.protect_tensor(clean, faces, progress, should_cancel)
+        try:
+            written = export_protected(source, result.photo.cpu(), out_dir, options, photo=photo)
+        except FileExistsError as err:
+            return ProtectedPhoto(PhotoOutcome(source, "skipped", target, message=str(err)), photo, clean, faces)
+        except (ExportError, ImageLoadError) as err:
+            return ProtectedPhoto(PhotoOutcome(source, "error", message=str(err)), photo, clean, faces)
+        outcome = PhotoOutcome(
+            source, "protected", written, len(faces), time.perf_counter() - start, face_dssim=tuple(result.face_dssim)
         )
+        return ProtectedPhoto(outcome, photo, clean, list(faces), result)
+
+
+@dataclass
+class ProtectedPhoto:
+    """What protecting one file produced: the outcome, and for reports the clean photo, faces and result."""
+
+    outcome: PhotoOutcome
+    photo: SourcePhoto | None = None
+    clean: torch.Tensor | None = None
+    faces: list[Face] | None = None
+    result: CloakResult | None = None

@@ -235,5 +235,3 @@ def pair_scores(embeddings: torch.Tensor, pairs: np.ndarray) -> np.ndarray:
 def evaluate_model(model: FaceModel, pair_set: PairSet, progress: Progress | None = None) -> VerificationResult:
     embeddings = embed_photos(model, pair_set.photos, pair_set.faces, progress=progress)
     return verification_result(pair_scores(embeddings, pair_set.same), pair_scores(embeddings, pair_set.different))
-
-

@@ -91,9 +91,7 @@ def cache_status(spec: ModelSpec) -> CacheStatus:
     except Exception as err:  # safetensors raises several types for a damaged header
         return CacheStatus(False, f"corrupt ({type(err).__name__}): {rebuild}")
     expected_sources = ",".join(s.member_sha256 for s in spec.sources)
-    if meta.get("source_sha256") != expected_sources or meta.get("converter_version") != str(
-        CONVERTERS[spec.name][1]
-    ):
+    if meta.get("source_sha256") != expected_sources or meta.get("converter_version") != str(CONVERTERS[spec.name][1]):
         return CacheStatus(False, f"stale (converted by an older FaceCloak): {rebuild}")
     return CacheStatus(True, "cached")
 

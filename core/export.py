@@ -1,0 +1,290 @@
+"""Write protected photos: same format as the source, faithful pixels, identifying metadata stripped, atomically.
+
+The protected pixels come from the attack as an RGB tensor. This module puts back what the source had that
+the attack does not see (alpha, grayscale, bit depth, ICC colour profile), encodes in the source's format at
+the source's estimated JPEG quality, and writes only the metadata we choose: by default none that could
+identify a person or a device (GPS, serial numbers, owner names, XMP face regions, thumbnails, MakerNotes are
+never copied because nothing is copied wholesale); ``keep_metadata`` keeps the capture date and camera model.
+Files appear atomically (temp file + rename in the output folder) and never replace the source photo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .image import FORMAT_OF_SUFFIX, HEIF_SUPPORTED, SourcePhoto, display_name, fmt_name, open_photo, tensor_to_uint8
+
+DEFAULT_JPEG_QUALITY = 92
+# Re-encoding at a very low source quality would wash the cloak out; below this we spend a few more bytes.
+MIN_ESTIMATED_QUALITY = 75
+# Above this libjpeg's files balloon for no visible gain (Pillow's own advice).
+MAX_ESTIMATED_QUALITY = 95
+HEIF_QUALITY = 90
+
+# EXIF kept by ``keep_metadata``: capture date (with its time zone) and the camera's make and model.
+_KEEP_IFD0 = (0x010F, 0x0110, 0x0132)  # Make, Model, DateTime
+_EXIF_IFD = 0x8769
+_KEEP_EXIF_IFD = (0x9003, 0x9004, 0x9010, 0x9011)  # DateTimeOriginal, DateTimeDigitized, OffsetTime(Original)
+
+_SUFFIX_OF_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp", "HEIF": ".heic"}
+TEMP_MARK = ".facecloak-"  # in every temp file name, so a batch can clean up after a killed run
+# Read once: mkstemp makes 0600 files, and a photo should get the user's usual permissions.
+UMASK = os.umask(0o022)
+os.umask(UMASK)
+
+
+class ExportError(RuntimeError):
+    """The protected copy could not be written; the message says why, in one line. No partial file is left."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    suffix: str = "_cloaked"
+    format: str = "same"  # "same" | "jpeg" | "png"
+    jpeg_quality: int | None = None  # None: the source's estimated quality (JPEG sources), else 92
+    keep_metadata: bool = False  # keep the capture date and camera model only
+    overwrite: bool = False
+    same_name: bool = False  # same file name as the source (for another folder)
+
+    def __post_init__(self) -> None:
+        if self.format not in ("same", "jpeg", "png"):
+            raise ValueError(f"format must be same, jpeg or png, not {self.format!r}")
+        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
+            raise ValueError("JPEG quality must be between 1 and 100")
+        if "/" in self.suffix or os.sep in self.suffix or "\0" in self.suffix:
+            raise ValueError("the suffix may not contain a path separator")
+        if not self.suffix and not self.same_name:
+            raise ValueError("an empty suffix needs same_name (and another output folder)")
+
+
+def _writable(fmt: str) -> bool:
+    return fmt != "HEIF" or HEIF_SUPPORTED
+
+
+def _source_format(source: Path) -> str:
+    """The format a source is written back as with ``format="same"``: by its suffix, else by its first bytes."""
+    fmt = FORMAT_OF_SUFFIX.get(source.suffix.lower())
+    if fmt is None:
+        try:
+            with open(source, "rb") as stream:
+                head = stream.read(16)
+        except OSError:
+            head = b""
+        fmt = {"JPEG": "JPEG", "PNG": "PNG", "WebP": "WEBP", "TIFF": "TIFF", "BMP": "BMP", "HEIF": "HEIF"}.get(
+            fmt_name(head), "PNG"
+        )
+    return fmt if _writable(fmt) else "JPEG"
+
+
+def output_format(source: Path, options: ExportOptions) -> str:
+    """Pillow format name the protected copy of ``source`` is written in."""
+    if options.format == "jpeg":
+        return "JPEG"
+    if options.format == "png":
+        return "PNG"
+    return _source_format(Path(source))
+
+
+def export_target(source: Path, out_dir: Path, options: ExportOptions) -> Path:
+    """Where the protected copy of ``source`` goes (the source's own suffix when the format is unchanged)."""
+    source = Path(source)
+    fmt = output_format(source, options)
+    own = source.suffix.lower()
+    ext = own if FORMAT_OF_SUFFIX.get(own) == fmt else _SUFFIX_OF_FORMAT[fmt]
+    stem = source.stem if options.same_name else f"{source.stem}{options.suffix}"
+    return Path(out_dir) / f"{stem}{ext}"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.realpath(a) == os.path.realpath(b) or (b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def filtered_exif(exif: Image.Exif, keep: bool, fmt: str) -> Image.Exif | None:
+    """A new EXIF block holding only what we allow: nothing by default, date and camera model when ``keep``."""
+    if not keep:
+        return None
+    out = Image.Exif()
+    for tag in _KEEP_IFD0:
+        if tag in exif:
+            out[tag] = exif[tag]
+    try:
+        sub = exif.get_ifd(_EXIF_IFD)
+    except Exception:  # a damaged sub-IFD: keep what IFD0 gave
+        sub = {}
+    kept = {tag: sub[tag] for tag in _KEEP_EXIF_IFD if tag in sub}
+    if kept:
+        if fmt == "TIFF":  # Pillow's TIFF writer drops the EXIF sub-IFD: put the date where TIFF keeps it
+            out[0x0132] = kept.get(0x9003, kept.get(0x9004, out.get(0x0132)))
+        else:
+            out.get_ifd(_EXIF_IFD).update(kept)
+    return out if len(out) else None
+
+
+def _compose(photo: SourcePhoto, pixels: np.ndarray, fmt: str) -> tuple[Image.Image, list[str]]:
+    """Protected RGB pixels back to the source's kind of image for ``fmt`` (alpha, grayscale, 16 bit)."""
+    notes: list[str] = []
+    rgb = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))
+    alpha = photo.alpha
+    if alpha is not None and fmt == "JPEG":  # JPEG has no alpha: flatten on white, as a viewer would show it
+        white = Image.new("RGB", rgb.size, (255, 255, 255))
+        rgb = Image.composite(rgb, white, alpha)
+        alpha = None
+        notes.append("transparency flattened on white (JPEG has none)")
+    if photo.grayscale and fmt in ("JPEG", "PNG", "TIFF", "BMP"):
+        gray = rgb.convert("L")
+        if alpha is not None:
+            return Image.merge("LA", (gray, alpha)), notes
+        if photo.bit_depth == 16 and fmt in ("PNG", "TIFF"):
+            # keep the file 16-bit; the protected values are 8-bit steps scaled to the full 16-bit range
+            wide = np.asarray(gray, dtype=np.uint16) * 257
+            return Image.fromarray(wide.astype("<u2")), notes
+        return gray, notes
+    if alpha is not None:
+        return Image.merge("RGBA", (*rgb.split(), alpha)), notes
+    return rgb, notes
+
+
+def _save_params(photo: SourcePhoto, fmt: str, options: ExportOptions) -> dict:
+    params: dict = {}
+    if photo.icc_profile and fmt != "BMP":
+        params["icc_profile"] = photo.icc_profile
+    exif = filtered_exif(photo.exif, options.keep_metadata, fmt)
+    if exif is not None and fmt != "BMP":
+        params["exif"] = exif.tobytes()
+    if fmt == "JPEG":
+        if options.jpeg_quality is not None:
+            quality = options.jpeg_quality
+        elif photo.jpeg_quality is not None:
+            quality = min(MAX_ESTIMATED_QUALITY, max(MIN_ESTIMATED_QUALITY, photo.jpeg_quality))
+        else:
+            quality = DEFAULT_JPEG_QUALITY
+        # 4:4:4: chroma subsampling would halve the cloak's colour component in each direction
+        params.update(quality=quality, subsampling=0, optimize=True)
+    elif fmt == "WEBP":
+        if photo.lossless and photo.format == "WEBP" and options.jpeg_quality is None:
+            params.update(lossless=True, quality=80, method=4)
+        else:
+            params.update(quality=options.jpeg_quality or DEFAULT_JPEG_QUALITY, method=4)
+    elif fmt == "PNG":
+        params["optimize"] = False  # compress_level 6 default; optimize is slow on big photos
+    elif fmt == "TIFF":
+        lossless = {"raw", "tiff_lzw", "tiff_deflate", "tiff_adobe_deflate", "packbits"}
+        params["compression"] = photo.tiff_compression if photo.tiff_compression in lossless else "tiff_adobe_deflate"
+    elif fmt == "HEIF":
+        params["quality"] = options.jpeg_quality or HEIF_QUALITY
+    return params
+
+
+def _encode(image: Image.Image, stream: BinaryIO, fmt: str, params: dict) -> None:
+    """Encode into an open file (a separate function so tests can simulate a full disk here)."""
+    image.save(stream, format=fmt, **params)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a folder be opened or synced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_error(target: Path, err: OSError) -> ExportError:
+    name = display_name(target)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ExportError(f"{name}: disk full, nothing written")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ExportError(f"{name}: output folder {display_name(target.parent)} is not writable")
+    return ExportError(f"{name}: cannot write ({' '.join(str(err.strerror or err).split())})")
+
+
+def write_atomic(image: Image.Image, target: Path, fmt: str, params: dict, overwrite: bool = False) -> None:
+    """Encode to a temp file beside ``target``, sync, then rename: readers see the whole file or none."""
+    target = Path(target)
+    if not overwrite and target.exists():
+        raise FileExistsError(f"{display_name(target)} exists (not overwritten)")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARK}", suffix=".part", dir=target.parent)
+    except OSError as err:
+        raise _write_error(target, err) from None
+    tmp = Path(tmp_name)
+    try:
+        with contextlib.suppress(OSError):
+            os.fchmod(handle, 0o666 & ~UMASK)
+        with os.fdopen(handle, "wb") as stream:
+            _encode(image, stream, fmt, params)
+            stream.flush()
+            os.fsync(stream.fileno())
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            try:  # a hard link fails if the target appeared meanwhile: never clobber another writer's file
+                os.link(tmp, target)
+            except FileExistsError:
+                raise FileExistsError(f"{display_name(target)} exists (not overwritten)") from None
+            except OSError:  # file systems without hard links
+                os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except FileExistsError:
+        raise
+    except OSError as err:
+        raise _write_error(target, err) from None
+    except (ValueError, TypeError, KeyError) as err:  # the encoder refused these pixels or parameters
+        raise ExportError(f"{display_name(target)}: cannot encode as {fmt} ({' '.join(str(err).split())})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export_protected(
+    source: Path,
+    protected: torch.Tensor,
+    out_dir: Path,
+    options: ExportOptions = ExportOptions(),  # frozen, so a shared default is safe
+    photo: SourcePhoto | None = None,
+) -> Path:
+    """Write ``protected`` (``1,3,H,W`` in [0, 1], the oriented source's size) as the copy of ``source``.
+
+    ``photo`` is the decoded source when the caller has it (saves decoding it again). Returns the written path.
+    """
+    source = Path(source)
+    target = export_target(source, out_dir, options)
+    if _same_file(source, target):
+        raise ExportError(f"{display_name(target)}: would replace the original; choose another folder or suffix")
+    if photo is None:
+        photo = open_photo(source)
+    pixels = tensor_to_uint8(protected.detach().cpu())
+    height, width = pixels.shape[:2]
+    if (width, height) != photo.size:
+        raise ExportError(
+            f"{display_name(source)}: protected image is {width}x{height}, the photo {photo.size[0]}x{photo.size[1]}"
+        )
+    fmt = output_format(source, options)
+    image, _notes = _compose(photo, pixels, fmt)
+    write_atomic(image, target, fmt, _save_params(photo, fmt, options), overwrite=options.overwrite)
+    return target
+
+
+def remove_stale_temp_files(out_dir: Path) -> int:
+    """Delete temp files a killed run left in ``out_dir`` (only ours, recognised by their name)."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for entry in Path(out_dir).iterdir():
+            if entry.name.startswith(".") and TEMP_MARK in entry.name and entry.name.endswith(".part"):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                    removed += 1
+    return removed

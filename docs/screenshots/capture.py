@@ -1,0 +1,101 @@
+# Regenerate (from the repository root):
+#   PRESET=high STEPS=40 ENSEMBLE=sface,facenet_casia,facenet_vggface2 \
+#   xvfb-run -a -s "-screen 0 1400x900x24" python docs/screenshots/capture.py /tmp/shots
+"""Drive the real FaceCloak window under Xvfb and capture its main states."""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image
+from PySide6.QtCore import QCoreApplication, QEventLoop, QSettings, QTimer
+from PySide6.QtWidgets import QApplication
+from skimage import data
+
+OUT = Path(sys.argv[1])
+OUT.mkdir(parents=True, exist_ok=True)
+work = Path("/tmp/facecloak-shots/album")
+(work / "holiday").mkdir(parents=True, exist_ok=True)
+Image.fromarray(data.astronaut()).save(work / "holiday" / "astronaut.jpg", quality=95)
+Image.fromarray(data.chelsea()).save(work / "holiday" / "chelsea.jpg", quality=95)
+Image.fromarray(data.coffee()).save(work / "coffee.jpg", quality=95)
+(work / "notes.jpg").write_bytes(b"not a photo")
+outdir = Path("/tmp/facecloak-shots/protected")
+outdir.mkdir(exist_ok=True)
+for p in outdir.iterdir():
+    p.unlink()
+
+QCoreApplication.setOrganizationName("FaceCloak")
+QCoreApplication.setApplicationName("FaceCloak")
+app = QApplication(sys.argv)
+from facecloak.app.window import MainWindow, install_error_hook  # noqa: E402 - after QApplication
+
+ini = Path("/tmp/facecloak-shots/settings.ini")
+ini.unlink(missing_ok=True)
+settings = QSettings(str(ini), QSettings.Format.IniFormat)
+w = MainWindow(settings)
+install_error_hook(w)
+w.resize(1360, 860)
+w.show()
+
+
+def spin(ms):
+    loop = QEventLoop()
+    QTimer.singleShot(ms, loop.quit)
+    loop.exec()
+
+
+def until(cond, timeout=300):
+    t = time.time()
+    while not cond():
+        spin(100)
+        if time.time() - t > timeout:
+            raise TimeoutError
+
+
+spin(800)
+w.grab().save(str(OUT / "01-empty.png"))
+p = w.settings_panel
+p.expert.setChecked(True)
+p.steps.setValue(int(os.environ.get("STEPS", "30")))
+ens = os.environ.get("ENSEMBLE", "sface").split(",")
+for n, b in p.ensemble_boxes.items():
+    b.setChecked(n in ens)
+p.preset.setCurrentText(os.environ.get("PRESET", "mid"))
+p.output_dir.setText(str(outdir))
+settings.setValue("run/evaluators", ["openface"])
+w.add_paths([work])
+until(lambda: all(e.faces is not None or e.status == "error" for e in w.entries.values()))
+w.album.setCurrentItem(w.album.item_for(str(work / "holiday" / "astronaut.jpg")))
+w.tabs.setCurrentWidget(w.settings_panel)
+spin(500)
+w.grab().save(str(OUT / "02-album.png"))
+w.protect_all()
+key = str(work / "holiday" / "astronaut.jpg")
+until(lambda: w.entries[key].progress > 0.4)
+spin(200)
+w.grab().save(str(OUT / "03-protecting.png"))
+until(lambda: w.mode == "idle", 600)
+w.album.setCurrentItem(w.album.item_for(key))
+w.tabs.setCurrentWidget(w.report_panel)
+w.preview.divider = 0.45
+w.preview.update()
+spin(500)
+w.grab().save(str(OUT / "04-before-after-report.png"))
+w.set_view_mode("difference")
+spin(300)
+w.grab().save(str(OUT / "05-difference.png"))
+w.set_view_mode("side")
+spin(300)
+w.grab().save(str(OUT / "06-side-by-side.png"))
+w.set_view_mode("split")
+w.preview.zoom_actual()
+spin(300)
+w.grab().save(str(OUT / "07-zoom-100.png"))
+w.show_about()
+spin(500)
+w.about_box.grab().save(str(OUT / "08-about.png"))
+print({k: (e.status, e.message) for k, e in w.entries.items()})
+w.shutdown()
+w.close()
