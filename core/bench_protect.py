@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .attack import Cloak, preset
+from .attack import Cloak, face_region_bounds, preset
 from .bench import BENCHMARKS_MD, machine_line, update_markdown_section
-from .detect import FaceDetector
+from .detect import Face, FaceDetector
 from .device import configure_cpu_threads
 from .image import ImageLoadError, load_image
-from .quality import psnr, ssim
+from .quality import haarpsi, psnr, ssim
 from .report import degraded_embeddings, wilson_interval
 from .transforms import Transform
 from .verification import DetectionCache
@@ -119,7 +119,7 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
     protected_gallery: dict[str, dict[str, list[torch.Tensor]]] = {n: {} for n in names}
     probe_embs = {n: [] for n in names}
     probe_owner: list[int] = []
-    quality = {"face_dssim": [], "ssim": [], "psnr": []}
+    quality = {"face_dssim": [], "face_haarpsi": [], "ssim": [], "psnr": []}
     seconds_per_face: list[float] = []
     kept: list[Identity] = []
     started = time.perf_counter()
@@ -139,7 +139,11 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
         seconds_per_face.append(time.perf_counter() - t0)
         protected = result.photo
         quality["face_dssim"].append(result.face_dssim[0])
+        y0, y1, x0, x1 = face_region_bounds(face, *photo.shape[-2:], margin=0.2)
+        quality["face_haarpsi"].append(float(haarpsi(protected[..., y0:y1, x0:x1], photo[..., y0:y1, x0:x1])[0]))
         quality["ssim"].append(float(ssim(protected, photo)[0]))
+        if args.crops is not None and len(kept) < 4:
+            save_crop(args.crops / f"{args.preset}-{ident.name}.png", photo, protected, face)
         quality["psnr"].append(float(psnr(protected, photo)[0]))
         transforms = bench_transforms(max(photo.shape[-2:]))
         t_labels = t_labels or [label for label, _ in transforms]
@@ -245,7 +249,8 @@ def print_and_write(summary: dict, args: argparse.Namespace) -> None:
         f"({worst_none['model']}); over all transforms the worst is "
         f"{worst_any['verification_protected'] * 100:.0f}% ({worst_any['model']}, {worst_any['transform']}).",
         f"- Quality: face DSSIM mean {q['face_dssim']:.4f} (max {summary['quality_max_face_dssim']:.4f}), "
-        f"photo SSIM {q['ssim']:.4f}, PSNR {q['psnr']:.1f} dB; LPIPS not measured (no offline weights).",
+        f"face HaarPSI {q['face_haarpsi']:.4f}, photo SSIM {q['ssim']:.4f}, PSNR {q['psnr']:.1f} dB; "
+        "LPIPS not measured (its backbone weights cannot be had offline).",
         f"- Speed: {summary['seconds_per_face_median']:.1f} s per face (median, attack only), peak RSS "
         f"{summary['peak_rss_mb']:.0f} MB.",
         "",
@@ -287,3 +292,100 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a handful of identities and few steps (CI)")
     parser.add_argument("--output", type=Path, default=None, help="write JSON here")
+    parser.add_argument("--crops", type=Path, default=None, help="save original/protected/difference crops here")
+
+
+def save_crop(path: Path, clean: torch.Tensor, protected: torch.Tensor, face: Face) -> None:
+    """Original | protected | difference amplified 10x, of the face at 100% (no resampling)."""
+    from PIL import Image
+
+    from .image import tensor_to_uint8
+
+    y0, y1, x0, x1 = face_region_bounds(face, *clean.shape[-2:], margin=0.25)
+    a = clean[..., y0:y1, x0:x1]
+    b = protected[..., y0:y1, x0:x1]
+    diff = ((b - a) * 10 + 0.5).clamp(0, 1)
+    strip = torch.cat([a, b, diff], dim=-1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(tensor_to_uint8(strip)).save(path)
+
+
+def run_album_benchmark(args: argparse.Namespace) -> int:
+    """Album warm starts: seconds per face and protection for the 2nd..Nth photo of a person, cold vs warm."""
+    from .protect import check_disjoint, default_ensemble, default_evaluators
+
+    configure_cpu_threads()
+    manifest = load_manifest()
+    ensemble_names = args.ensemble or default_ensemble()
+    evaluator_names = args.evaluators or default_evaluators()
+    check_disjoint(ensemble_names, evaluator_names)
+    ensemble = [load_model(n) for n in ensemble_names]
+    evaluators = [load_model(n) for n in evaluator_names]
+    detector = FaceDetector()
+    people = sorted(p for p in args.data.iterdir() if p.is_dir())[: args.people]
+    rows: dict[str, dict[str, list[float]]] = {
+        "cold": {"seconds": [], "protected": []},
+        "warm": {"seconds": [], "protected": []},
+    }
+    for person in people:
+        photos = sorted(p for p in person.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)[: args.photos]
+        loaded = []
+        for path in photos:
+            photo = load_image(path)
+            faces = detector.detect(photo)
+            if faces:
+                loaded.append((photo, faces[:1]))
+        if len(loaded) < 2:
+            continue
+        for mode in ("cold", "warm"):
+            cloak = Cloak(ensemble, preset(args.preset, warm_start=mode == "warm"))
+            for i, (photo, faces) in enumerate(loaded):
+                t0 = time.perf_counter()
+                result = cloak(photo, faces)
+                seconds = time.perf_counter() - t0
+                if i == 0:
+                    continue  # the first photo of an album is never warm
+                with torch.no_grad():
+                    below = []
+                    for model in evaluators:
+                        clean = model(model.aligner(photo, faces))[0]
+                        prot = model(model.aligner(result.photo, faces))[0]
+                        below.append(float(clean @ prot) < manifest[model.name].verification.threshold_far_1e3)
+                rows[mode]["seconds"].append(seconds)
+                rows[mode]["protected"].append(float(np.mean(below)))
+            print(
+                f"{person.name} {mode}: {np.mean(rows[mode]['seconds'][-len(loaded) + 1 :]):.1f} s per face", flush=True
+            )
+    if not rows["cold"]["seconds"]:
+        print("no person with 2+ photos with a face", file=sys.stderr)
+        return 2
+    cold, warm = rows["cold"], rows["warm"]
+    lines = [
+        "## Albums: warm starts from the previous photo of the same person",
+        "",
+        f"Command: `facecloak {' '.join(sys.argv[1:])}` ({machine_line()}). Photos 2..N of each person in "
+        f"`{args.data}`, preset `{args.preset}`, ensemble {', '.join(ensemble_names)}; protection = share of "
+        f"(photo x held-out evaluator: {', '.join(evaluator_names)}) below the FAR 1e-3 threshold, no transform.",
+        "",
+        "| start | photos | seconds per face (mean) | protected (held-out, no transform) |",
+        "|---|---|---|---|",
+        f"| cold (every photo from scratch) | {len(cold['seconds'])} | {np.mean(cold['seconds']):.1f} "
+        f"| {np.mean(cold['protected']) * 100:.0f}% |",
+        f"| warm (change carried over, half the steps) | {len(warm['seconds'])} | {np.mean(warm['seconds']):.1f} "
+        f"| {np.mean(warm['protected']) * 100:.0f}% |",
+        "",
+        f"Speed-up: {np.mean(cold['seconds']) / np.mean(warm['seconds']):.2f}x.",
+    ]
+    table = "\n".join(lines)
+    print("\n" + table)
+    update_markdown_section(BENCHMARKS_MD, "album", table)
+    return 0
+
+
+def add_album_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/people"))
+    parser.add_argument("--people", type=int, default=13)
+    parser.add_argument("--photos", type=int, default=5, help="photos per person at most")
+    parser.add_argument("--preset", default="mid", choices=["low", "mid", "high"])
+    parser.add_argument("--ensemble", nargs="+", default=None)
+    parser.add_argument("--evaluators", nargs="+", default=None)

@@ -27,3 +27,10 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11) -> torch.Tensor:
     return 1 - 2 * dssim(a, b, window=window)
+
+
+def haarpsi(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """HaarPSI perceptual similarity (1 = identical), from piq; needs images of at least 32 px a side."""
+    from piq import haarpsi as piq_haarpsi
+
+    return piq_haarpsi(a.clamp(0, 1), b.clamp(0, 1), reduction="none", data_range=1.0)
