@@ -291,8 +291,7 @@ class FirstRunDialog(QDialog):
     def _on_done(self, result: FirstRunResult) -> None:
         self.result_ = result
         self.thread_.quit()
-        self.model_bar.setRange(0, 1)
-        self.model_bar.setValue(1)
+        self.model_bar.hide()  # the per-model busy bar means "working"; the text below says how it ended
         self.buttons.button(QDialogButtonBox.StandardButton.Cancel).hide()
         self.close_button.show()
         if result.ok:

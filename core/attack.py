@@ -37,12 +37,12 @@ CANONICAL_POINTS = tuple((2 * x + 48, 2 * y + 48) for x, y in ARCFACE_112)
 class CloakConfig:
     """Every knob of the attack. Presets (:data:`PRESETS`) set the perceptual budget and effort."""
 
-    steps: int = 30
+    steps: int = 20
     step_size: float = 1.5 / 255
     epsilon: float = 12 / 255  # L-infinity cap of the luminance change
     chroma_epsilon: float = 3 / 255  # cap of the colour (chroma) change: no blotchy skin
     dssim_budget: float = 0.007  # face-region DSSIM the result must stay within
-    quality_weight: float = 0.5  # weight of the DSSIM gradient relative to the attack's
+    quality_weight: float = 1.0  # weight of the DSSIM gradient relative to the attack's
     views_per_step: int = 2  # degradations sampled per step (EOT)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     work_face_size: int = 160
@@ -62,9 +62,9 @@ class CloakConfig:
 
 
 PRESETS: dict[str, CloakConfig] = {
-    "low": CloakConfig(steps=20, dssim_budget=0.004, epsilon=8 / 255),
+    "low": CloakConfig(steps=12, dssim_budget=0.004, epsilon=8 / 255),
     "mid": CloakConfig(),
-    "high": CloakConfig(steps=40, dssim_budget=0.012, epsilon=16 / 255, chroma_epsilon=4 / 255),
+    "high": CloakConfig(steps=30, dssim_budget=0.012, epsilon=16 / 255, chroma_epsilon=4 / 255),
 }
 
 
@@ -117,7 +117,7 @@ class _FaceRegion:
     clean_embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def face_region_bounds(face: Face, height: int, width: int, margin: float = 0.6) -> tuple[int, int, int, int]:
+def face_region_bounds(face: Face, height: int, width: int, margin: float = 0.4) -> tuple[int, int, int, int]:
     """The photo region worked on for a face: its box grown by ``margin`` of its size on every side."""
     x0, y0, x1, y1 = face.box
     size = max(x1 - x0, y1 - y0)
@@ -168,8 +168,22 @@ def _quantise(x: torch.Tensor) -> torch.Tensor:
 def _project(delta: torch.Tensor, clean: torch.Tensor, config: CloakConfig) -> torch.Tensor:
     luma = delta.mean(dim=1, keepdim=True)
     chroma = delta - luma
-    delta = luma.clamp(-config.epsilon, config.epsilon) + chroma.clamp(-config.chroma_epsilon, config.chroma_epsilon)
-    return (clean + delta).clamp(0, 1) - clean
+    luma = luma.clamp(-config.epsilon, config.epsilon)
+    chroma = chroma.clamp(-config.chroma_epsilon, config.chroma_epsilon)
+    return _fit_in_range(clean, luma, chroma)
+
+
+def _fit_in_range(clean: torch.Tensor, luma: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
+    """``luma + chroma``, with the luma moved so every channel stays in [0, 1].
+
+    Clipping channels one by one would turn part of the luminance change into a colour change on
+    bright or dark skin, exactly the blotches the chroma cap exists to prevent.
+    """
+    base = clean + chroma
+    low = (-base).amax(dim=1, keepdim=True)
+    high = (1 - base).amin(dim=1, keepdim=True)
+    luma = torch.maximum(torch.minimum(luma, high), low)
+    return (clean + luma + chroma).clamp(0, 1) - clean
 
 
 def _budget_scale(
@@ -268,7 +282,8 @@ class Cloak:
 
     def _embed(self, model: FaceModel, image: torch.Tensor, region: _FaceRegion, shift=None) -> torch.Tensor:
         crops = warp_crops(image, self._matrices(model, region, shift), model.input_size)
-        return model(crops)
+        with self._autocast():
+            return model(crops).float()
 
     # -- the attack ---------------------------------------------------------------------------
     def __call__(
@@ -413,21 +428,35 @@ class Cloak:
         return float(attack.detach()), sims, float(quality.detach()), grad
 
     def _compose(self, photo: torch.Tensor, regions: list[_FaceRegion]) -> tuple[torch.Tensor, list[float]]:
-        """Upsample each face's change onto the photo, quantise, and hold the DSSIM budget at full size."""
+        """Upsample each face's change onto the photo, quantise, and hold the DSSIM budget at full size.
+
+        Only the face's own pixels are touched (and measured): the rest of the photo keeps its exact
+        8-bit values.
+        """
         out = photo.detach().clone()
         budgets = []
         for region in regions:
             size = (region.y1 - region.y0, region.x1 - region.x0)
-            change = region.delta.detach() * region.mask
+            change, mask = region.delta.detach() * region.mask, region.mask
             if change.shape[-2:] != size:
                 change = F.interpolate(change, size=size, mode="bilinear", align_corners=False)
-                mask = F.interpolate(region.mask, size=size, mode="bilinear", align_corners=False)
-            else:
-                mask = region.mask
-            change = change.to(out.device, out.dtype)
-            mask = mask.to(out.device, out.dtype)
-            clean = out[..., region.y0 : region.y1, region.x0 : region.x1]
+                mask = F.interpolate(mask, size=size, mode="bilinear", align_corners=False)
+            rows = torch.nonzero(mask[0, 0].amax(dim=1) > 0).flatten()
+            cols = torch.nonzero(mask[0, 0].amax(dim=0) > 0).flatten()
+            if len(rows) == 0:
+                budgets.append(0.0)
+                continue
+            # the changed box, plus half an SSIM window so the measure sees the edges of the change
+            r0, r1 = max(0, int(rows[0]) - 6), min(size[0], int(rows[-1]) + 7)
+            c0, c1 = max(0, int(cols[0]) - 6), min(size[1], int(cols[-1]) + 7)
+            change = change[..., r0:r1, c0:c1].to(out.device, out.dtype)
+            mask = mask[..., r0:r1, c0:c1].to(out.device, out.dtype)
+            y0, x0 = region.y0 + r0, region.x0 + c0
+            clean = out[..., y0 : y0 + (r1 - r0), x0 : x0 + (c1 - c0)]
+            luma = change.mean(dim=1, keepdim=True)
+            change = _fit_in_range(clean, luma, change - luma)
             gamma, value = _budget_scale(change, clean, mask, self.config.dssim_budget, quantise=True)
-            out[..., region.y0 : region.y1, region.x0 : region.x1] = (clean + gamma * change).clamp(0, 1)
+            changed = torch.round((clean + gamma * change).clamp(0, 1) * 255) / 255
+            out[..., y0 : y0 + (r1 - r0), x0 : x0 + (c1 - c0)] = changed
             budgets.append(value)
-        return torch.round(out * 255) / 255, budgets
+        return out, budgets

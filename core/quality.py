@@ -5,7 +5,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from kornia.color import rgb_to_grayscale
-from kornia.metrics import ssim as ssim_map
+from kornia.filters import gaussian_blur2d
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-pixel SSIM (Wang et al. 2004, gaussian window, reflected borders, like kornia's padding="same").
+
+    Separable filtering: the same numbers as ``kornia.metrics.ssim`` at a fraction of its cost on
+    megapixel face regions.
+    """
+    c1, c2 = 0.01**2, 0.03**2
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return gaussian_blur2d(x, (window, window), (sigma, sigma), border_type="reflect", separable=True)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
 
 
 def dssim(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None, window: int = 11) -> torch.Tensor:
@@ -13,7 +31,7 @@ def dssim(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None, 
 
     Differentiable; Fawkes quotes its budgets (0.004 / 0.012 / 0.017) in this measure.
     """
-    smap = ssim_map(rgb_to_grayscale(a), rgb_to_grayscale(b), window, padding="same")
+    smap = ssim_map(rgb_to_grayscale(a), rgb_to_grayscale(b), window)
     d = (1 - smap) / 2
     if weight is None:
         return d.mean(dim=(1, 2, 3))

@@ -35,7 +35,7 @@ def similarity(model, photo, faces) -> float:
 
 @pytest.fixture(scope="module")
 def cloaked(surrogate, astronaut_photo, astronaut_faces):
-    return Cloak([surrogate], small_config())(astronaut_photo, astronaut_faces)
+    return Cloak([surrogate], small_config(steps=10))(astronaut_photo, astronaut_faces)
 
 
 def test_cloak_lowers_the_ensemble_similarity_of_a_real_face(surrogate, astronaut_photo, astronaut_faces, cloaked):
@@ -136,3 +136,14 @@ def test_no_warm_start_across_different_people(surrogate, astronaut_photo, astro
     stranger = -clean  # an embedding pointing the other way is certainly someone else
     assert cloak.memory.lookup(stranger) is None
     assert cloak.memory.lookup(clean) is not None
+
+
+def test_separable_ssim_matches_kornia():
+    from kornia.metrics import ssim as kornia_ssim
+
+    from facecloak.core.quality import ssim_map
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 1, 64, 80, generator=generator)
+    b = (a + 0.05 * torch.randn(a.shape, generator=generator)).clamp(0, 1)
+    assert torch.allclose(ssim_map(a, b), kornia_ssim(a, b, 11, padding="same"), atol=1e-5)
