@@ -164,6 +164,18 @@ class Worker(QObject):
             self._engines[kind] = (key, build())
         return self._engines[kind][1]
 
+    def _start_photo(self, key: str, faces: int):
+        """Announce a photo and return the cloak's progress callback (seconds per step feed the ETA)."""
+        self.photoStarted.emit(key, faces)
+        last = [time.perf_counter()]
+
+        def progress(step: int, total: int, _loss: float) -> None:
+            now = time.perf_counter()
+            self.stepProgress.emit(key, step, total, now - last[0])
+            last[0] = now
+
+        return progress
+
     def _get_protector(self, settings: RunSettings):
         from facecloak.core.attack import preset
         from facecloak.core.protect import Protector
@@ -290,14 +302,7 @@ class Worker(QObject):
             return PhotoResult(job.key, "error", message=str(err))
         if not chosen:
             return PhotoResult(job.key, "no face", message="no face found" if not _faces else "no face selected")
-        self.photoStarted.emit(job.key, len(chosen))
-        last = [time.perf_counter()]
-
-        def progress(step: int, total: int, _loss: float) -> None:
-            now = time.perf_counter()
-            self.stepProgress.emit(job.key, step, total, now - last[0])
-            last[0] = now
-
+        progress = self._start_photo(job.key, len(chosen))
         result = cloak(photo.to(protector.device), chosen, progress, self.control.should_cancel)
         protected = result.photo.cpu()
         pixels = tensor_to_uint8(protected)
@@ -352,14 +357,7 @@ class Worker(QObject):
             if not chosen:
                 self.previewFinished.emit(job.key, {"error": "no face to preview"})
                 return
-            self.photoStarted.emit(job.key, len(chosen))
-            last = [time.perf_counter()]
-
-            def progress(step: int, total: int, _loss: float) -> None:
-                now = time.perf_counter()
-                self.stepProgress.emit(job.key, step, total, now - last[0])
-                last[0] = now
-
+            progress = self._start_photo(job.key, len(chosen))
             result = Cloak(protector.models, config)(
                 photo.to(protector.device), chosen, progress, self.control.should_cancel
             )

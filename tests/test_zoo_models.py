@@ -66,3 +66,69 @@ def test_embedding_gradient_reaches_the_photo_only_near_the_face(name, astronaut
     # and the gradient covers the face, not a handful of pixels
     cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
     assert (grad[cy - 15 : cy + 15, cx - 15 : cx + 15] > 0).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("name", list(MANIFEST))
+def test_build_cache_offline_then_load_model(name, model_sources, tmp_path, monkeypatch):
+    from facecloak.core.zoo.cache import cache_root
+    from facecloak.core.zoo.registry import build_cache
+
+    sources = model_sources(name)
+    # a fresh cache holding only the verified source files (linked): conversion runs offline
+    for path in sources:
+        link = tmp_path / "sources" / path.parent.name / path.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path)
+    monkeypatch.setenv("FACECLOAK_CACHE", str(tmp_path))
+    assert cache_root() == tmp_path
+    build_cache(MANIFEST[name], allow_download=False)
+    model = load_model(name)
+    h, w = MANIFEST[name].input_size
+    out = model(torch.rand(2, 3, h, w))
+    assert out.shape == (2, MANIFEST[name].embedding_dim)
+    assert torch.allclose(out.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MANIFEST))
+def test_parity_with_the_reference_runtime(name, model_sources, astronaut_photo, astronaut_faces):
+    """The converted network computes what the model's own runtime computes, on a real aligned face."""
+    import numpy as np
+
+    from facecloak.core.image import tensor_to_uint8
+    from facecloak.core.zoo.registry import ReferenceUnavailable, converter
+
+    model = ready_model(name)
+    crops = model.aligner(astronaut_photo, astronaut_faces[:1])
+    face = tensor_to_uint8(crops[0])
+    batch = np.ascontiguousarray(np.stack([face, face[:, ::-1]]))  # the face and its mirror image
+    try:
+        reference = converter(name).reference_embed(model_sources(name), batch)
+    except ReferenceUnavailable as err:
+        pytest.skip(str(err))
+    with torch.no_grad():
+        ours = model.network(torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255).numpy()
+    assert ours.shape == reference.shape == (2, MANIFEST[name].embedding_dim)
+    assert np.abs(ours - reference).max() <= 1e-3
+
+
+@pytest.mark.parametrize("name", list(MANIFEST))
+def test_same_person_closer_than_different_people(name, shared_data, detector):
+    from facecloak.core.image import load_image
+    from facecloak.core.verification import central_face
+
+    model = ready_model(name)
+    people = ["Aaron_Peirsol", "Abdoulaye_Wade", "Abdullah", "Adrien_Brody"]
+    embeddings = {}
+    for person in people:
+        for index in (1, 2):
+            photo = load_image(shared_data / "lfw" / person / f"{person}_{index:04d}.jpg")
+            face = central_face(detector.detect(photo), *photo.shape[-2:])
+            with torch.no_grad():
+                embeddings[person, index] = model(model.aligner(photo, [face]))[0]
+    verification = MANIFEST[name].verification
+    for a in people:
+        same = float(embeddings[a, 1] @ embeddings[a, 2])
+        different = max(float(embeddings[a, 1] @ embeddings[b, 2]) for b in people if b != a)
+        assert same > different, (a, same, different)
+        if verification is not None:
+            assert same >= verification.threshold_far_1e2, (a, same)

@@ -27,6 +27,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from torch import nn
 
 from ..align import BoxAlignment
+from .inception_resnet import STEM_LAYERS
 from .registry import ReferenceUnavailable
 
 # facenet-pytorch's crop: MTCNN box plus 32 crop pixels of margin, 160x160.
@@ -171,9 +172,7 @@ def build_network() -> nn.Module:
 
 def _block_scopes(net: InceptionResnetV1) -> Iterator[tuple[str, nn.Module, str]]:
     """(module path, module, TF scope) for every stem conv and Inception block."""
-    stem = ("conv2d_1a", "conv2d_2a", "conv2d_2b", "conv2d_3b", "conv2d_4a", "conv2d_4b")
-    tf_stem = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3", "Conv2d_4b_3x3")
-    for name, tf_name in zip(stem, tf_stem, strict=True):
+    for tf_name, name in STEM_LAYERS.items():
         yield name, getattr(net, name), f"{SCOPE}/{tf_name}"
     for attr, tf_repeat, tf_block in (
         ("repeat_1", "Repeat", "block35"),

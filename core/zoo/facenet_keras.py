@@ -24,6 +24,7 @@ from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1
 from torch import nn
 
 from ..align import BoxAlignment
+from .inception_resnet import STEM_LAYERS
 from .registry import ReferenceUnavailable
 
 # FaceNet's crop: the MTCNN box plus a 32-pixel margin at 160x160, as Sandberg aligned his data.
@@ -62,12 +63,7 @@ _BRANCHES = {
     },
 }
 _FIXED = {
-    "Conv2d_1a_3x3": "conv2d_1a",
-    "Conv2d_2a_3x3": "conv2d_2a",
-    "Conv2d_2b_3x3": "conv2d_2b",
-    "Conv2d_3b_1x1": "conv2d_3b",
-    "Conv2d_4a_3x3": "conv2d_4a",
-    "Conv2d_4b_3x3": "conv2d_4b",
+    **STEM_LAYERS,
     "Mixed_6a_Branch_0_Conv2d_1a_3x3": "mixed_6a.branch0",
     "Mixed_6a_Branch_1_Conv2d_0a_1x1": "mixed_6a.branch1.0",
     "Mixed_6a_Branch_1_Conv2d_0b_3x3": "mixed_6a.branch1.1",

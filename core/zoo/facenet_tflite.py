@@ -32,6 +32,7 @@ from facenet_pytorch.models.inception_resnet_v1 import BasicConv2d, Block8, Bloc
 from torch import nn
 
 from ..align import BoxAlignment
+from .inception_resnet import STEM_LAYERS
 
 ALIGNMENT = BoxAlignment((160, 160), margin=32.0)
 
@@ -40,14 +41,7 @@ INPUT_ZERO_POINT = 128.0
 INPUT_SCALE = 1.0 / 128.0
 
 _PREFIX = "InceptionResnetV1/"
-_STEM = {
-    "Conv2d_1a_3x3": "conv2d_1a",
-    "Conv2d_2a_3x3": "conv2d_2a",
-    "Conv2d_2b_3x3": "conv2d_2b",
-    "Conv2d_3b_1x1": "conv2d_3b",
-    "Conv2d_4a_3x3": "conv2d_4a",
-    "Conv2d_4b_3x3": "conv2d_4b",
-}
+_STEM = STEM_LAYERS
 # Branch layers of the residual blocks, TF scope -> facenet-pytorch module path.
 _BLOCK_LAYERS = {
     "Branch_0/Conv2d_1x1": "branch0",
