@@ -172,6 +172,7 @@ class Worker:
         self.settings = settings
         self.protector = Protector(preset(settings.preset, **overrides), settings.ensemble, settings.device)
         self.evaluator = None
+        self.album: list = []  # clean embeddings of every face protected so far: links to older photos
         self.report_problem = ""
         if settings.report:
             try:
@@ -217,7 +218,10 @@ class Worker:
 
         try:
             written = pil_to_tensor(open_photo(output).rgb)
-            report = self.evaluator.report(done.clean, written, done.faces, self.protector.ensemble_names)
+            report = self.evaluator.report(
+                done.clean, written, done.faces, self.protector.ensemble_names, album=self.album
+            )
+            self.album += [face.clean_embeddings for face in report.faces]
             path = report_path(output)
             write_json_atomic(path, report.to_dict())
         except (ImageLoadError, OSError, ValueError, RuntimeError) as err:

@@ -72,12 +72,21 @@ class ReferenceSimilarity:
     threshold_far_1e3: float
 
 
+FaceEmbeddings = dict[str, torch.Tensor]  # evaluator name -> clean embedding of one face
+
+
 @dataclass
 class FaceReport:
     face: Face
     cells: list[Cell]
     references: list[ReferenceSimilarity] = field(default_factory=list)
     face_dssim: float = 0.0
+    clean_embeddings: FaceEmbeddings = field(default_factory=dict, repr=False)  # not serialised
+
+    @property
+    def linked_after(self) -> int:
+        """Other photos of this person that a held-out model still links the protected face to."""
+        return len({r.reference for r in self.references if r.similarity_after >= r.threshold_far_1e3})
 
 
 @dataclass
@@ -110,6 +119,16 @@ class ProtectionReport:
 
     @property
     def summary(self) -> str:
+        return self._matches_summary() + self._links_summary()
+
+    def _links_summary(self) -> str:
+        others = {(i, r.reference) for i, f in enumerate(self.faces) for r in f.references}
+        if not others:
+            return ""
+        linked = sum(f.linked_after for f in self.faces)
+        return f" Linked by a held-out recogniser to {linked} of {len(others)} other photos of this person."
+
+    def _matches_summary(self) -> str:
         if not self.faces:
             return "No face was protected in this photo."
         n = len(self.evaluators)
@@ -217,6 +236,18 @@ class ProtectionEvaluator:
         self.missing = [n for n in names if n not in {m.name for m in self.models}]
 
     @torch.no_grad()
+    def embed_face(self, photo: torch.Tensor, face: Face) -> FaceEmbeddings:
+        """One face's embedding on every evaluator (to compare later photos of an album against)."""
+        photo = photo.to(self.device)
+        return {m.name: m(m.aligner(photo, [face]))[0] for m in self.models}
+
+    def same_person(self, a: FaceEmbeddings, b: FaceEmbeddings) -> bool:
+        """Most evaluators match the two faces at FAR 1e-3: grouping an album by clean-embedding similarity."""
+        manifest = load_manifest()
+        votes = [float(a[name] @ b[name]) >= manifest[name].verification.threshold_far_1e3 for name in a if name in b]
+        return bool(votes) and sum(votes) * 2 > len(votes)
+
+    @torch.no_grad()
     def report(
         self,
         clean: torch.Tensor,
@@ -225,7 +256,15 @@ class ProtectionEvaluator:
         ensemble: Sequence[str],
         references: Sequence[torch.Tensor] | None = None,
         reference_faces: Sequence[Face] | None = None,
+        album: Sequence[FaceEmbeddings] = (),
     ) -> ProtectionReport:
+        """The report of ``protected`` against ``clean``.
+
+        ``references`` (with ``reference_faces``) are other clean photos of the same person; ``album``
+        holds clean embeddings of faces from other photos (``embed_face``), of which those that the
+        evaluators take for the same person are compared too: the scraper's real threat is linking the new
+        photo to older ones.
+        """
         from .protect import check_disjoint
 
         check_disjoint(list(ensemble), [m.name for m in self.models])
@@ -235,33 +274,35 @@ class ProtectionEvaluator:
         hw = (clean.shape[-2], clean.shape[-1])
         transforms = report_transforms(hw)
         labels = [_transform_label(t, hw) for t in transforms]
+        given = [
+            self.embed_face(ref, ref_face)
+            for ref, ref_face in zip(references or [], reference_faces or [], strict=False)
+        ]
         face_reports = []
         for face in faces:
+            anchors = self.embed_face(clean, face)
+            others = given + [entry for entry in album if self.same_person(entry, anchors)]
             cells, refs = [], []
             for model in self.models:
                 v = manifest[model.name].verification
-                anchor = model(model.aligner(clean, [face]))
-                before = degraded_embeddings(model, clean, face, transforms) @ anchor[0]
-                after = degraded_embeddings(model, protected, face, transforms) @ anchor[0]
+                anchor = anchors[model.name]
+                before = degraded_embeddings(model, clean, face, transforms) @ anchor
+                after = degraded_embeddings(model, protected, face, transforms) @ anchor
                 cells += [
                     Cell(model.name, label, float(b), float(a), v.threshold_far_1e3, v.threshold_far_1e2)
                     for label, b, a in zip(labels, before, after, strict=True)
                 ]
                 protected_emb = model(model.aligner(protected, [face]))[0]
-                for i, (ref, ref_face) in enumerate(zip(references or [], reference_faces or [], strict=False)):
-                    ref_emb = model(model.aligner(ref.to(self.device), [ref_face]))[0]
-                    refs.append(
-                        ReferenceSimilarity(
-                            model.name,
-                            i,
-                            float(ref_emb @ anchor[0]),
-                            float(ref_emb @ protected_emb),
-                            v.threshold_far_1e3,
-                        )
+                refs += [
+                    ReferenceSimilarity(
+                        model.name, i, float(other[model.name] @ anchor), float(other[model.name] @ protected_emb),
+                        v.threshold_far_1e3,
                     )
+                    for i, other in enumerate(others)
+                ]  # fmt: skip
             y0, y1, x0, x1 = face_region_bounds(face, *hw, margin=0.2)
             face_d = float(dssim(protected[..., y0:y1, x0:x1], clean[..., y0:y1, x0:x1])[0])
-            face_reports.append(FaceReport(face, cells, refs, face_d))
+            face_reports.append(FaceReport(face, cells, refs, face_d, anchors))
         quality = {
             "ssim": float(ssim(protected, clean)[0]),
             "psnr": float(psnr(protected, clean)[0]),

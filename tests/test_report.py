@@ -143,3 +143,24 @@ def test_report_command_on_files(report, astronaut, tmp_path, capsys):
     assert data["match_rate_after"] == pytest.approx(data["match_rate_before"])
     assert len(data["faces"][0]["references"]) == 1
     assert main(["report", str(original), "--against", str(other), "--evaluators", EVALUATOR]) == 2
+
+
+def test_album_photos_of_the_same_person_are_found_and_compared(
+    astronaut_photo, astronaut_faces, shared_data, detector
+):
+    from facecloak.core.image import load_image
+    from facecloak.core.verification import central_face
+
+    need(EVALUATOR)
+    evaluator = ProtectionEvaluator([EVALUATOR], device="cpu")
+    stranger_photo = load_image(shared_data / "lfw" / "Abdullah" / "Abdullah_0001.jpg")
+    stranger_face = central_face(detector.detect(stranger_photo), *stranger_photo.shape[-2:])
+    stranger = evaluator.embed_face(stranger_photo, stranger_face)
+    itself = evaluator.embed_face(astronaut_photo, astronaut_faces[0])
+    assert evaluator.same_person(itself, itself)
+    assert not evaluator.same_person(itself, stranger)
+    rep = evaluator.report(astronaut_photo, astronaut_photo, astronaut_faces, [SURROGATE], album=[itself, stranger])
+    assert len(rep.faces[0].references) == 1  # the stranger is not "another photo of this person"
+    assert rep.faces[0].linked_after == 1  # unprotected, the photo is still linked
+    assert "Linked by a held-out recogniser to 1 of 1 other photos" in rep.summary
+    assert set(itself) == {EVALUATOR}  # one embedding per evaluator

@@ -1,5 +1,5 @@
 # Regenerate (from the repository root):
-#   PRESET=high STEPS=40 ENSEMBLE=sface,facenet_casia,facenet_vggface2 \
+#   PRESET=mid STEPS=20 ENSEMBLE=facenet_casia,sface,facenet_vggface2 \
 #   xvfb-run -a -s "-screen 0 1400x900x24" python docs/screenshots/capture.py /tmp/shots
 """Drive the real FaceCloak window under Xvfb and capture its main states."""
 
@@ -58,13 +58,14 @@ spin(800)
 w.grab().save(str(OUT / "01-empty.png"))
 p = w.settings_panel
 p.expert.setChecked(True)
-p.steps.setValue(int(os.environ.get("STEPS", "30")))
-ens = os.environ.get("ENSEMBLE", "sface").split(",")
+p.steps.setValue(int(os.environ.get("STEPS", "20")))
+ens = os.environ.get("ENSEMBLE", "facenet_casia,sface,facenet_vggface2").split(",")
 for n, b in p.ensemble_boxes.items():
     b.setChecked(n in ens)
 p.preset.setCurrentText(os.environ.get("PRESET", "mid"))
 p.output_dir.setText(str(outdir))
-settings.setValue("run/evaluators", ["openface"])
+if os.environ.get("EVALUATORS"):  # default: the manifest's held-out evaluators
+    settings.setValue("run/evaluators", os.environ["EVALUATORS"].split(","))
 w.add_paths([work])
 until(lambda: all(e.faces is not None or e.status == "error" for e in w.entries.values()))
 w.album.setCurrentItem(w.album.item_for(str(work / "holiday" / "astronaut.jpg")))
