@@ -19,12 +19,19 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from facecloak.core.attack import PRESETS
+
 from .model import PRESET_NAMES, RunSettings
 
+_PRESET_WORDS = {
+    "low": "the least visible change; weakest protection",
+    "mid": "balanced",
+    "high": "strongest protection; the change can be visible on close inspection",
+}
+# numbers from the engine's own presets, so the help never drifts from what runs
 PRESET_HELP = {
-    "low": "low: the least visible change; weakest protection (20 steps).",
-    "mid": "mid: balanced (30 steps).",
-    "high": "high: strongest protection; the change can be visible on close inspection (40 steps).",
+    name: f"{name}: {_PRESET_WORDS[name]} ({PRESETS[name].steps} steps, face DSSIM <= {PRESETS[name].dssim_budget})"
+    for name in PRESET_NAMES
 }
 
 
