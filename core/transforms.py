@@ -70,7 +70,9 @@ def apply_transform(images: torch.Tensor, t: Transform, differentiable: bool = T
         sigma = t.sigma or _sigma_for(t.kernel)
         return KF.gaussian_blur2d(images, (t.kernel, t.kernel), (sigma, sigma))
     if t.kind == "median":
-        return KF.median_blur(images, (t.kernel, t.kernel))
+        if differentiable:
+            return KF.median_blur(images, (t.kernel, t.kernel))
+        return opencv_median(images, t.kernel)
     if t.kind == "box":
         return KF.box_blur(images, (t.kernel, t.kernel))
     if t.kind == "motion":
@@ -85,6 +87,18 @@ def apply_transform(images: torch.Tensor, t: Transform, differentiable: bool = T
     small = (max(8, round(height * t.scale)), max(8, round(width * t.scale)))
     down = F.interpolate(images, size=small, mode="bilinear", antialias=True, align_corners=False)
     return F.interpolate(down, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def opencv_median(images: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Median blur of 8-bit pixels with OpenCV: kornia's numbers away from the border, at a fraction of the
+    time and memory on megapixel regions (kornia unfolds k*k copies of the image). Not differentiable."""
+    import cv2
+
+    out = []
+    for image in images.detach().clamp(0, 1):
+        array = np.ascontiguousarray(image.mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
+        out.append(torch.from_numpy(cv2.medianBlur(array, kernel)).permute(2, 0, 1).float().div(255))
+    return torch.stack(out).to(images.device, images.dtype)
 
 
 def pillow_jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:

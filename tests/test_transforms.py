@@ -1,0 +1,65 @@
+"""Degradations used by the attack (differentiable) and by the report (real encoders, fast medians)."""
+
+from __future__ import annotations
+
+import random
+
+import kornia.filters as KF
+import pytest
+import torch
+
+from facecloak.core.transforms import (
+    RobustnessConfig,
+    Transform,
+    evaluation_transforms,
+    opencv_median,
+    pillow_jpeg,
+    sample_transforms,
+)
+
+
+def eight_bit(*shape: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return (torch.rand(*shape, generator=generator) * 255).round() / 255
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 9, 11])
+def test_opencv_median_equals_kornia_away_from_the_border(kernel):
+    x = eight_bit(2, 3, 64, 48)
+    pad = kernel // 2
+    ours = opencv_median(x, kernel)[..., pad:-pad, pad:-pad]
+    assert torch.equal(ours, KF.median_blur(x, (kernel, kernel))[..., pad:-pad, pad:-pad])
+
+
+def test_every_sampled_transform_is_differentiable_and_keeps_the_size():
+    x = eight_bit(1, 3, 80, 72).requires_grad_(True)
+    rng = random.Random(0)
+    kinds = set()
+    for t in sample_transforms(rng, 40, RobustnessConfig()):
+        kinds.add(t.kind)
+        y = t(x)
+        assert y.shape == x.shape
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        assert grad.abs().sum() > 0, t.name
+    assert kinds == {"identity", "gaussian", "median", "box", "motion", "jpeg", "resize"}
+
+
+def test_disabled_robustness_kinds_are_never_sampled():
+    config = RobustnessConfig(blur=False, jpeg=False)
+    kinds = {t.kind for t in sample_transforms(random.Random(1), 30, config)}
+    assert kinds <= {"identity", "resize"}
+
+
+def test_real_jpeg_changes_pixels_more_at_lower_quality():
+    x = eight_bit(1, 3, 64, 64)
+    err95 = (pillow_jpeg(x, 95) - x).abs().mean()
+    err50 = (pillow_jpeg(x, 50) - x).abs().mean()
+    assert 0 < err95 < err50
+
+
+def test_evaluation_grid():
+    names = [t.name for t in evaluation_transforms()]
+    assert names[0] == "none" and len(names) == 1 + 4 * 5 + 4
+    assert "median k11" in names and "jpeg q50" in names
+    with pytest.raises(ValueError, match="odd kernel"):
+        Transform("box", kernel=4)
