@@ -274,7 +274,8 @@ def print_and_write(summary: dict, args: argparse.Namespace) -> None:
     table = "\n".join(lines)
     print("\n" + table)
     if not args.quick:
-        update_markdown_section(BENCHMARKS_MD, f"protect-{summary['preset']}", table)
+        folders = "+".join(Path(d).name for d in summary["data"])
+        update_markdown_section(BENCHMARKS_MD, f"protect-{summary['preset']}-{folders}", table)
     if args.output:
         args.output.write_text(json.dumps(summary, indent=2))
 
