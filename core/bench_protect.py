@@ -77,18 +77,28 @@ def split_identities(root: Path, count: int, probes: int, seed: int) -> list[Ide
     return chosen
 
 
-def run_protect_benchmark(args: argparse.Namespace) -> int:
-    configure_cpu_threads()
-    manifest = load_manifest()
+def resolve_roles(args: argparse.Namespace) -> tuple[list[str], list[str]] | None:
+    """Ensemble and held-out evaluators (manifest defaults), checked disjoint and measured; None if unusable."""
     from .protect import check_disjoint, default_ensemble, default_evaluators
 
     ensemble_names = args.ensemble or default_ensemble()
     evaluator_names = args.evaluators or default_evaluators()
     check_disjoint(ensemble_names, evaluator_names)
+    manifest = load_manifest()
     for name in evaluator_names:
         if manifest[name].verification is None:
             print(f"{name} has no thresholds: run 'facecloak bench lfw --write-manifest'", file=sys.stderr)
-            return 2
+            return None
+    return ensemble_names, evaluator_names
+
+
+def run_protect_benchmark(args: argparse.Namespace) -> int:
+    configure_cpu_threads()
+    manifest = load_manifest()
+    roles = resolve_roles(args)
+    if roles is None:
+        return 2
+    ensemble_names, evaluator_names = roles
     overrides = {"steps": args.steps} if args.steps is not None else {}
     if args.quick:  # end-to-end check for CI: a few identities, a couple of steps, one view
         overrides = {"steps": min(args.steps or 2, 2), "views_per_step": 1}
@@ -313,13 +323,12 @@ def save_crop(path: Path, clean: torch.Tensor, protected: torch.Tensor, face: Fa
 
 def run_album_benchmark(args: argparse.Namespace) -> int:
     """Album warm starts: seconds per face and protection for the 2nd..Nth photo of a person, cold vs warm."""
-    from .protect import check_disjoint, default_ensemble, default_evaluators
-
     configure_cpu_threads()
     manifest = load_manifest()
-    ensemble_names = args.ensemble or default_ensemble()
-    evaluator_names = args.evaluators or default_evaluators()
-    check_disjoint(ensemble_names, evaluator_names)
+    roles = resolve_roles(args)
+    if roles is None:
+        return 2
+    ensemble_names, evaluator_names = roles
     ensemble = [load_model(n) for n in ensemble_names]
     evaluators = [load_model(n) for n in evaluator_names]
     detector = FaceDetector()

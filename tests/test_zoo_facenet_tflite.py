@@ -17,13 +17,6 @@ def sources(model_sources):
 
 
 @pytest.fixture(scope="module")
-def network(sources):
-    net = facenet_tflite.build_network()
-    net.load_state_dict(facenet_tflite.convert(sources), strict=True)
-    return net.eval()
-
-
-@pytest.fixture(scope="module")
 def astronaut_crop(astronaut_photo, astronaut_faces) -> np.ndarray:
     """The astronaut's face aligned for this model, as the 1,160,160,3 uint8 the TFLite runtime takes."""
     crop = FaceAligner(facenet_tflite.ALIGNMENT)(astronaut_photo, astronaut_faces[:1])

@@ -14,13 +14,6 @@ def sources(model_sources):
     return model_sources(NAME)
 
 
-@pytest.fixture(scope="module")
-def network(sources):
-    net = openface.build_network()
-    net.load_state_dict(openface.convert(sources), strict=True)
-    return net.eval()
-
-
 def test_convert_checks_the_keras_architecture(sources):
     # The hand-written network is checked against the Siamese package's Keras config.
     layers = openface.architecture_config(sources[1])
