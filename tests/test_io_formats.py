@@ -231,7 +231,7 @@ def cloaked_astronaut(astronaut, astronaut_faces):
         pytest.skip("sface not converted")
     model = load_model("sface")
     photo = pil_to_tensor(Image.fromarray(astronaut))
-    config = CloakConfig(steps=6, views_per_step=1, dssim_budget=0.02, robustness=RobustnessConfig(blur=False))
+    config = CloakConfig(steps=10, views_per_step=1, dssim_budget=0.02, robustness=RobustnessConfig(blur=False))
     result = Cloak([model], config)(photo, astronaut_faces)
     return model, photo, result
 
