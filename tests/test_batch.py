@@ -159,7 +159,7 @@ def test_sigkill_mid_batch_then_resume_finishes_without_recomputing(tmp_path, as
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, "".join(seen)
     finished = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.glob("*_cloaked.jpg")}
-    assert 1 <= len(finished) < len(photos), "the kill must land mid-batch"
+    assert 0 < len(finished) < len(photos), "the kill must land mid-batch"
     for path in finished:  # what was there at the kill is complete: atomic rename, never half a file
         assert open_photo(path).size == (384, 384)
 
