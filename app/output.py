@@ -7,24 +7,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from facecloak.core.export import ExportOptions, export_protected, export_target
+
 from .model import RunSettings
 
 
-def _exporter():
-    """The core exporter module, or None while it does not exist yet (then the fallback below is used)."""
-    try:
-        from facecloak.core import export
-    except ImportError:
-        return None
-    return export
-
-
-def export_options(settings: RunSettings, overwrite: bool | None = None):
-    """The core ``ExportOptions`` for these settings (None without the core exporter)."""
-    export = _exporter()
-    if export is None:
-        return None
-    return export.ExportOptions(
+def export_options(settings: RunSettings, overwrite: bool | None = None) -> ExportOptions:
+    """The core ``ExportOptions`` for these settings."""
+    return ExportOptions(
         suffix="" if settings.naming == "same" else settings.suffix,
         format=settings.format,
         jpeg_quality=settings.jpeg_quality or None,
@@ -38,33 +28,12 @@ def save_protected(
     source: Path, protected, out_dir: Path, settings: RunSettings, overwrite: bool | None = None
 ) -> Path:
     """Write ``protected`` (a ``1,3,H,W`` tensor) for ``source`` into ``out_dir``; returns the path written."""
-    export = _exporter()
-    if export is not None:
-        return export.export_protected(source, protected, out_dir, export_options(settings, overwrite))
-    # Fallback until core.export exists: suffix naming, same format, metadata always stripped.
-    from PIL import Image
-
-    from facecloak.core.image import tensor_to_uint8
-    from facecloak.core.protect import write_image_atomic
-
-    target = target_path(source, out_dir, settings)
-    if target.resolve() == source.resolve():
-        raise FileExistsError(f"{target.name}: refusing to write over the original")
-    write_image_atomic(
-        Image.fromarray(tensor_to_uint8(protected)),
-        target,
-        overwrite=settings.overwrite if overwrite is None else overwrite,
-    )
-    return target
+    return export_protected(source, protected, out_dir, export_options(settings, overwrite))
 
 
 def target_path(source: Path, out_dir: Path, settings: RunSettings) -> Path:
     """Where :func:`save_protected` would write ``source``'s protected copy."""
-    export = _exporter()
-    if export is not None:
-        return export.export_target(source, out_dir, export_options(settings))
-    suffix = "" if settings.naming == "same" else settings.suffix
-    return out_dir / f"{source.stem}{suffix}{source.suffix.lower()}"
+    return export_target(source, out_dir, export_options(settings))
 
 
 def copy_atomic(existing: Path, target: Path, overwrite: bool = False) -> None:

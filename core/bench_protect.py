@@ -29,15 +29,13 @@ from .attack import Cloak, face_region_bounds, preset
 from .bench import BENCHMARKS_MD, machine_line, update_markdown_section
 from .detect import Face, FaceDetector
 from .device import configure_cpu_threads
-from .image import ImageLoadError, load_image
+from .image import PHOTO_SUFFIXES, ImageLoadError, load_image
 from .quality import haarpsi, psnr, ssim
 from .report import degraded_embeddings, wilson_interval
 from .transforms import Transform
 from .verification import DetectionCache
 from .zoo.manifest import load_manifest
 from .zoo.registry import load_model
-
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def bench_transforms(long_side: int) -> list[tuple[str, Transform]]:

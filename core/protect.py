@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from .attack import Cloak, CloakConfig, CloakResult
 from .detect import DetectorConfig, Face, FaceDetector
 from .device import select_device
-from .export import UMASK, ExportError, ExportOptions, export_protected, export_target
+from .export import ExportError, ExportOptions, export_protected, export_target
 from .image import PHOTO_SUFFIXES, ImageLoadError, SourcePhoto, display_name, open_photo, pil_to_tensor
 from .zoo.manifest import load_manifest, load_roles
 from .zoo.registry import load_model
-
-ENCODERS = {
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-    ".png": "PNG",
-    ".webp": "WEBP",
-    ".bmp": "BMP",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-}
 
 
 def default_ensemble() -> list[str]:
@@ -79,30 +67,6 @@ def iter_photos(
         else:
             found[path] = None
     return sorted(found)
-
-
-def output_path(photo: Path, out_dir: Path, suffix: str = "_cloaked") -> Path:
-    return out_dir / f"{photo.stem}{suffix}{photo.suffix.lower()}"
-
-
-def write_image_atomic(pixels: Image.Image, target: Path, quality: int = 92, overwrite: bool = False) -> None:
-    """Encode next to ``target`` and rename over it, so a crash never leaves a half-written photo."""
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists (not overwritten)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    kind = ENCODERS.get(target.suffix.lower(), "PNG")
-    options = {"quality": quality, "subsampling": 0} if kind in ("JPEG", "WEBP") else {}
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".part", dir=target.parent)
-    try:
-        os.fchmod(handle, 0o666 & ~UMASK)  # mkstemp's 0600 is wrong for a photo
-        with os.fdopen(handle, "wb") as stream:
-            pixels.save(stream, format=kind, **options)  # no exif= : identifying metadata is not copied
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
