@@ -30,7 +30,7 @@ def test_manifest_records_provenance_for_every_model():
             assert len(source.member_sha256) == 64 and len(source.dist_sha256) == 64
             assert source.package and source.version and source.member
         assert spec.model_licence and spec.training_data and spec.training_data_terms
-        assert spec.embedding_dim in (128, 512)
+        assert spec.embedding_dim in (128, 256, 512, 1024)
 
 
 def test_ensemble_and_evaluators_are_disjoint_families():
@@ -40,6 +40,9 @@ def test_ensemble_and_evaluators_are_disjoint_families():
     evaluator_families = {manifest[n].family for n in roles["evaluators"]}
     assert roles["ensemble"] and roles["evaluators"]
     assert not ensemble_families & evaluator_families
+    # models looked at while tuning the attack may never report protection, nor be surrogates
+    tuning = set(roles.get("tuning", []))
+    assert tuning <= set(manifest) and not tuning & (set(roles["ensemble"]) | set(roles["evaluators"]))
 
 
 def _fake_source(tmp_path, payload: bytes, kind: str) -> SourceFile:

