@@ -41,7 +41,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         if failures:
             return 1
     roles = load_roles()
-    role_of = {n: "ensemble" for n in roles["ensemble"]} | {n: "evaluator" for n in roles["evaluators"]}
+    role_of = {n: "tuning" for n in roles.get("tuning", [])}
+    role_of |= {n: "ensemble" for n in roles["ensemble"]} | {n: "evaluator" for n in roles["evaluators"]}
     rows, records = [], []
     for spec in manifest.values():
         status = cache_status(spec)
@@ -162,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     protect_bench = bench_sub.add_parser("protect", help="protection on labelled photos, held-out evaluators")
     bench_protect.add_arguments(protect_bench)
     protect_bench.set_defaults(func=bench_protect.run_protect_benchmark)
+    from . import bench_tune
+
+    tune = bench_sub.add_parser("tune", help="compare attack settings on tuning judges (never the evaluators)")
+    bench_tune.add_arguments(tune)
+    tune.set_defaults(func=bench_tune.run_tune_benchmark)
     album = bench_sub.add_parser("album", help="album warm starts: time and protection, cold vs warm")
     bench_protect.add_album_arguments(album)
     album.set_defaults(func=bench_protect.run_album_benchmark)

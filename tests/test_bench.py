@@ -40,3 +40,19 @@ def test_protect_benchmark_quick_runs_end_to_end(shared_data, tmp_path, capsys):
 def test_protect_benchmark_refuses_overlapping_roles(shared_data):
     with pytest.raises(ValueError, match="share model families"):
         main(["bench", "protect", "--quick", "--ensemble", "sface", "--evaluators", "sface"])
+
+
+def test_tune_benchmark_refuses_the_reporting_evaluators(capsys):
+    assert main(["bench", "tune", '{"a": {}}', "--judges", "openface"]) == 2
+    assert "refusing to tune on the reporting evaluators: openface" in capsys.readouterr().out
+
+
+def test_tune_benchmark_runs_on_tuning_judges(shared_data, capsys):
+    manifest = load_manifest()
+    for name in ("sface", "mobileface"):
+        if not cache_status(manifest[name]).ready or manifest[name].verification is None:
+            pytest.skip(f"{name} not converted and measured")
+    args = ["bench", "tune", '{"one-step": {"steps": 1, "views_per_step": 1}}', "--data", str(shared_data / "lfw")]
+    assert main([*args, "--identities", "2", "--probes", "1", "--ensemble", "sface", "--judges", "mobileface"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("one-step")]
+    assert len(rows) == 1 and "mobileface" in rows[0] and "jpegq75:" in rows[0]

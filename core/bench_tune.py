@@ -1,0 +1,112 @@
+"""``facecloak bench tune``: compare attack settings on *tuning* judges, never on the reporting evaluators.
+
+The protocol that chose the defaults of :class:`~facecloak.core.attack.CloakConfig`: attack with a
+tuning ensemble (by default two of the three surrogates), judge with models held out of it (the
+third surrogate and the manifest's ``tuning`` models), on a seeded sample of labelled photos. The
+models that report protection (the manifest's ``evaluators``) are refused, so settings can never be
+fitted to the numbers the app and ``bench protect`` show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .attack import Cloak, preset
+from .bench_protect import split_identities
+from .detect import FaceDetector
+from .image import load_image
+from .report import degraded_embeddings
+from .transforms import Transform
+from .verification import DetectionCache
+from .zoo.manifest import load_manifest, load_roles
+from .zoo.registry import load_model
+
+TUNING_TRANSFORMS = (
+    Transform(),
+    Transform("jpeg", quality=75),
+    Transform("gaussian", kernel=9),
+    Transform("median", kernel=9),
+    Transform("resize", scale=0.5),
+)
+
+
+def default_judges() -> list[str]:
+    roles = load_roles()
+    return [roles["ensemble"][-1], *roles.get("tuning", [])]
+
+
+def _labelled_faces(root: Path, identities: int, probes: int) -> list[tuple[torch.Tensor, object, list]]:
+    detector, cache = FaceDetector(), DetectionCache()
+    data = []
+    for ident in split_identities(root, identities, probes, seed=123):
+        face = cache.get(ident.gallery, detector)
+        found = [(load_image(p), cache.get(p, detector)) for p in ident.probes]
+        found = [(image, f) for image, f in found if f is not None]
+        if face is not None and found:
+            data.append((load_image(ident.gallery), face, found))
+    cache.save()
+    return data
+
+
+def run_tune_benchmark(args: argparse.Namespace) -> int:
+    roles = load_roles()
+    ensemble_names = args.ensemble or roles["ensemble"][:-1]
+    judge_names = args.judges or default_judges()
+    forbidden = (set(ensemble_names) | set(judge_names)) & set(roles["evaluators"])
+    if forbidden:
+        print(f"refusing to tune on the reporting evaluators: {', '.join(sorted(forbidden))}")
+        return 2
+    variants: dict[str, dict] = json.loads(args.variants)
+    ensemble = [load_model(n) for n in ensemble_names]
+    judges = [load_model(n) for n in judge_names]
+    manifest = load_manifest()
+    thresholds = {n: manifest[n].verification.threshold_far_1e3 for n in judge_names}
+    data = _labelled_faces(args.data, args.identities, args.probes)
+    print(f"{len(data)} faces from {args.data}; tuning ensemble {ensemble_names}; judges {judge_names}")
+    with torch.no_grad():
+        probe_embeddings = [
+            [{j.name: j(j.aligner(image, [face]))[0] for j in judges} for image, face in probes]
+            for _, _, probes in data
+        ]
+    for name, overrides in variants.items():
+        cloak = Cloak(ensemble, preset(args.preset, **overrides))
+        sims: dict[tuple[str, str], list[float]] = {(j.name, t.name): [] for j in judges for t in TUNING_TRANSFORMS}
+        dssims, start = [], time.perf_counter()
+        for (photo, face, _), references in zip(data, probe_embeddings, strict=True):
+            cloak.memory.clear()  # every face from cold: warm starts would mix variants' effects
+            result = cloak(photo, [face])
+            dssims.append(result.face_dssim[0])
+            with torch.no_grad():
+                for judge in judges:
+                    embeddings = degraded_embeddings(judge, result.photo, face, list(TUNING_TRANSFORMS))
+                    for reference in references:
+                        for t, e in zip(TUNING_TRANSFORMS, embeddings, strict=True):
+                            sims[(judge.name, t.name)].append(float(e @ reference[judge.name]))
+        seconds = (time.perf_counter() - start) / max(1, len(data))
+        for judge in judges:
+            cells = []
+            for t in TUNING_TRANSFORMS:
+                values = sims[(judge.name, t.name)]
+                below = sum(v < thresholds[judge.name] for v in values) / len(values)
+                cells.append(f"{t.name.replace(' ', '')}:{below:4.0%}/{sum(values) / len(values):.2f}")
+            print(
+                f"{name:16s} {judge.name:18s} {seconds:5.1f} s/face dssim {sum(dssims) / len(dssims):.4f} | "
+                + " ".join(cells),
+                flush=True,
+            )
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("variants", help='JSON: {"name": {CloakConfig overrides}, ...}')
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/lfw"))
+    parser.add_argument("--identities", type=int, default=16)
+    parser.add_argument("--probes", type=int, default=2)
+    parser.add_argument("--preset", default="mid", choices=["low", "mid", "high"])
+    parser.add_argument("--ensemble", nargs="+", default=None, help="default: all surrogates but the last")
+    parser.add_argument("--judges", nargs="+", default=None, help="default: the last surrogate and the tuning models")
