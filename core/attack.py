@@ -37,7 +37,7 @@ CANONICAL_POINTS = tuple((2 * x + 48, 2 * y + 48) for x, y in ARCFACE_112)
 class CloakConfig:
     """Every knob of the attack. Presets (:data:`PRESETS`) set the perceptual budget and effort."""
 
-    steps: int = 20
+    steps: int = 16
     step_size: float = 1.5 / 255
     epsilon: float = 12 / 255  # L-infinity cap of the luminance change
     chroma_epsilon: float = 3 / 255  # cap of the colour (chroma) change: no blotchy skin
@@ -47,6 +47,9 @@ class CloakConfig:
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     work_face_size: int = 160
     momentum: float = 0.5
+    # Gaussian smoothing of the attack gradient (TI-FGSM, Dong et al. 2019), sigma in working pixels; 0 = off.
+    # Smoother changes lean less on one surrogate's pixel-level quirks.
+    gradient_sigma: float = 1.0
     # Albums: a face that matches one protected earlier in this session starts from that face's change
     # (carried in the canonical face frame) and runs only this share of the steps.
     warm_start: bool = True
@@ -417,6 +420,10 @@ class Cloak:
             sims[model.name] = float(model_sim.detach())
             attack = attack + weights[model.name] * model_sim / len(self.models)
         (attack_grad,) = torch.autograd.grad(attack, delta, retain_graph=True)
+        if self.config.gradient_sigma > 0:
+            sigma = self.config.gradient_sigma
+            k = 2 * math.ceil(3 * sigma) + 1
+            attack_grad = gaussian_blur2d(attack_grad, (k, k), (sigma, sigma)) * region.mask
         quality = dssim(protected, region.clean, weight=region.mask).sum()
         (quality_grad,) = torch.autograd.grad(quality, delta)
         # both gradients scaled to unit mean magnitude on the face, so quality_weight means the same

@@ -147,3 +147,17 @@ def test_separable_ssim_matches_kornia():
     a = torch.rand(1, 1, 64, 80, generator=generator)
     b = (a + 0.05 * torch.randn(a.shape, generator=generator)).clamp(0, 1)
     assert torch.allclose(ssim_map(a, b), kornia_ssim(a, b, 11, padding="same"), atol=1e-5)
+
+
+def test_gradient_smoothing_makes_the_change_smoother(surrogate, astronaut_photo, astronaut_faces):
+    """TI smoothing (gradient_sigma) steers the change away from pixel-level noise: less of its energy is
+    in the finest detail (neighbouring-pixel differences) than without smoothing."""
+
+    def roughness(sigma: float) -> float:
+        result = Cloak([surrogate], small_config(steps=4, gradient_sigma=sigma))(astronaut_photo, astronaut_faces)
+        change = (result.photo - astronaut_photo).mean(dim=1)
+        down, across = change.diff(dim=1), change.diff(dim=2)
+        detail = down.pow(2).sum() + across.pow(2).sum()
+        return float(detail / change.pow(2).sum().clamp_min(1e-12))
+
+    assert roughness(2.0) < 0.8 * roughness(0.0)
