@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -29,7 +30,10 @@ def update_markdown_section(path: Path, key: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    # whole-file replace: a benchmark killed mid-write must not leave a truncated BENCHMARKS.md
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def machine_line() -> str:

@@ -56,3 +56,18 @@ def test_tune_benchmark_runs_on_tuning_judges(shared_data, capsys):
     assert main([*args, "--identities", "2", "--probes", "1", "--ensemble", "sface", "--judges", "mobileface"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("one-step")]
     assert len(rows) == 1 and "mobileface" in rows[0] and "jpegq75:" in rows[0]
+
+
+def test_markdown_sections_are_replaced_in_place_and_appended(tmp_path):
+    from facecloak.core.bench import update_markdown_section
+
+    doc = tmp_path / "BENCH.md"
+    doc.write_text("# title\n\nhand-written summary\n")
+    update_markdown_section(doc, "speed", "old numbers")
+    update_markdown_section(doc, "album", "album numbers")
+    update_markdown_section(doc, "speed", "new numbers")
+    text = doc.read_text()
+    assert text.startswith("# title\n\nhand-written summary\n")
+    assert "new numbers" in text and "old numbers" not in text and "album numbers" in text
+    assert text.index("<!-- speed:start -->") < text.index("<!-- album:start -->")
+    assert [p.name for p in tmp_path.iterdir()] == ["BENCH.md"]  # no temp file left behind
