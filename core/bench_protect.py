@@ -30,6 +30,7 @@ from .bench import BENCHMARKS_MD, machine_line, update_markdown_section
 from .detect import Face, FaceDetector
 from .device import configure_cpu_threads
 from .image import PHOTO_SUFFIXES, ImageLoadError, load_image
+from .perceptual import NOT_MEASURED, LPIPSMeasure, lpips_available
 from .quality import haarpsi, psnr, ssim
 from .report import degraded_embeddings, wilson_interval
 from .transforms import Transform
@@ -128,6 +129,9 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
     probe_embs = {n: [] for n in names}
     probe_owner: list[int] = []
     quality = {"face_dssim": [], "face_haarpsi": [], "ssim": [], "psnr": []}
+    lpips = LPIPSMeasure() if lpips_available() else None
+    if lpips is not None:
+        quality["face_lpips"] = []
     seconds_per_face: list[float] = []
     kept: list[Identity] = []
     started = time.perf_counter()
@@ -149,6 +153,8 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
         quality["face_dssim"].append(result.face_dssim[0])
         y0, y1, x0, x1 = face_region_bounds(face, *photo.shape[-2:], margin=0.2)
         quality["face_haarpsi"].append(float(haarpsi(protected[..., y0:y1, x0:x1], photo[..., y0:y1, x0:x1])[0]))
+        if lpips is not None:
+            quality["face_lpips"].append(float(lpips(protected[..., y0:y1, x0:x1], photo[..., y0:y1, x0:x1])[0]))
         quality["ssim"].append(float(ssim(protected, photo)[0]))
         if args.crops is not None and len(kept) < 4:
             save_crop(args.crops / f"{args.preset}-{ident.name}.png", photo, protected, face)
@@ -258,7 +264,7 @@ def print_and_write(summary: dict, args: argparse.Namespace) -> None:
         f"{worst_any['verification_protected'] * 100:.0f}% ({worst_any['model']}, {worst_any['transform']}).",
         f"- Quality: face DSSIM mean {q['face_dssim']:.4f} (max {summary['quality_max_face_dssim']:.4f}), "
         f"face HaarPSI {q['face_haarpsi']:.4f}, photo SSIM {q['ssim']:.4f}, PSNR {q['psnr']:.1f} dB; "
-        "LPIPS not measured (its backbone weights cannot be had offline).",
+        + (f"face LPIPS {q['face_lpips']:.4f}." if q.get("face_lpips") is not None else f"{NOT_MEASURED}."),
         f"- Speed: {summary['seconds_per_face_median']:.1f} s per face (median, attack only), peak RSS "
         f"{summary['peak_rss_mb']:.0f} MB.",
         "",

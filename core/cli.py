@@ -23,6 +23,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     from .zoo.registry import build_all, cache_status
 
     manifest = load_manifest()
+    if args.fetch_lpips:
+        from .perceptual import fetch_alexnet
+
+        print(f"LPIPS backbone: {fetch_alexnet()} (torchvision hash checked)")
     if args.build is not None:
         names = args.build or list(manifest)
         unknown = [n for n in names if n not in manifest]
@@ -128,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the face-recognition models and their cache state")
     models.add_argument("--build", nargs="*", metavar="NAME", help="fetch, verify and convert (default: all)")
+    models.add_argument(
+        "--fetch-lpips",
+        action="store_true",
+        help="download LPIPS's AlexNet backbone into the torch cache (needs internet; optional extra measure)",
+    )
     models.add_argument("--json", action="store_true", help="machine-readable output")
     models.set_defaults(func=cmd_models)
 

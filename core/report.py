@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from .attack import face_region_bounds
 from .detect import Face
 from .device import select_device
+from .perceptual import NOT_MEASURED, LPIPSMeasure, lpips_available
 from .quality import dssim, psnr, ssim
 from .transforms import Transform, evaluation_transforms
 from .zoo.manifest import load_manifest
@@ -303,12 +304,18 @@ class ProtectionEvaluator:
             y0, y1, x0, x1 = face_region_bounds(face, *hw, margin=0.2)
             face_d = float(dssim(protected[..., y0:y1, x0:x1], clean[..., y0:y1, x0:x1])[0])
             face_reports.append(FaceReport(face, cells, refs, face_d, anchors))
+        face_lpips = None
+        if faces and lpips_available():
+            measure = LPIPSMeasure()
+            boxes = [face_region_bounds(face, *hw, margin=0.2) for face in faces]
+            face_lpips = max(float(measure(protected[..., a:b, c:d], clean[..., a:b, c:d])[0]) for a, b, c, d in boxes)
         quality = {
             "ssim": float(ssim(protected, clean)[0]),
             "psnr": float(psnr(protected, clean)[0]),
             "face_dssim_max": max((f.face_dssim for f in face_reports), default=0.0),
-            "lpips": None,
-            "perceptual_measure": "DSSIM (structural, no network weights)",
+            "lpips": face_lpips,
+            "perceptual_measure": "DSSIM (structural, no network weights)"
+            + (", LPIPS (alex) on the face" if face_lpips is not None else f"; {NOT_MEASURED}"),
         }
         return ProtectionReport([m.name for m in self.models], list(ensemble), labels, face_reports, quality)
 

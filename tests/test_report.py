@@ -40,6 +40,12 @@ def report(astronaut_photo, astronaut_faces) -> ProtectionReport:
     return evaluator.report(astronaut_photo, protected, astronaut_faces, [SURROGATE])
 
 
+@pytest.fixture(scope="module")
+def evaluator_for_lpips() -> ProtectionEvaluator:
+    need(EVALUATOR)
+    return ProtectionEvaluator([EVALUATOR], device="cpu")
+
+
 def test_report_grid_covers_every_evaluator_and_transform(report, astronaut_photo):
     transforms = report_transforms(tuple(astronaut_photo.shape[-2:]))
     assert report.evaluators == [EVALUATOR] and report.ensemble == [SURROGATE]
@@ -164,3 +170,21 @@ def test_album_photos_of_the_same_person_are_found_and_compared(
     assert rep.faces[0].linked_after == 1  # unprotected, the photo is still linked
     assert "Linked by a held-out recogniser to 1 of 1 other photos" in rep.summary
     assert set(itself) == {EVALUATOR}  # one embedding per evaluator
+
+
+def test_report_measures_lpips_only_when_its_backbone_is_cached(
+    evaluator_for_lpips, astronaut_photo, astronaut_faces, tmp_path, monkeypatch
+):
+    from torchvision.models import alexnet
+
+    from facecloak.core import perceptual
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    protected = (astronaut_photo + 0.03 * torch.randn_like(astronaut_photo)).clamp(0, 1)
+    without = evaluator_for_lpips.report(astronaut_photo, protected, astronaut_faces, [SURROGATE])
+    assert without.quality["lpips"] is None and "LPIPS not measured" in without.quality["perceptual_measure"]
+    # a stand-in backbone (random AlexNet) where torchvision keeps the real one: the report now measures LPIPS
+    perceptual.alexnet_checkpoint().parent.mkdir(parents=True)
+    torch.save(alexnet(weights=None).state_dict(), perceptual.alexnet_checkpoint())
+    measured = evaluator_for_lpips.report(astronaut_photo, protected, astronaut_faces, [SURROGATE])
+    assert measured.quality["lpips"] > 0 and "LPIPS (alex)" in measured.quality["perceptual_measure"]
