@@ -26,7 +26,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.fetch_lpips:
         from .perceptual import fetch_alexnet
 
-        print(f"LPIPS backbone: {fetch_alexnet()} (torchvision hash checked)")
+        try:
+            print(f"LPIPS backbone: {fetch_alexnet()} (torchvision hash checked)")
+        except (OSError, RuntimeError) as err:  # no network, or a download that failed its hash check
+            print(f"could not fetch LPIPS's AlexNet backbone: {err}", file=sys.stderr)
+            return 1
     if args.build is not None:
         names = args.build or list(manifest)
         unknown = [n for n in names if n not in manifest]

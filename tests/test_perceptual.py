@@ -62,3 +62,15 @@ def test_fetch_puts_the_backbone_where_it_is_looked_for(torch_cache):
     assert calls == [(perceptual.ALEXNET_URL, perceptual.ALEXNET_HASH_PREFIX)]
     perceptual.fetch_alexnet(download=fake_download)  # already there: no second download
     assert len(calls) == 1
+
+
+def test_fetch_without_network_fails_with_one_line(torch_cache, monkeypatch, capsys):
+    from facecloak.core.cli import main
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    assert main(["models", "--fetch-lpips"]) == 1
+    assert "could not fetch LPIPS's AlexNet backbone: network is unreachable" in capsys.readouterr().err
+    assert not perceptual.lpips_available()
