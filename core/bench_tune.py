@@ -19,6 +19,7 @@ import torch
 from .attack import Cloak, preset
 from .bench_protect import split_identities
 from .detect import FaceDetector
+from .device import configure_cpu_threads
 from .image import load_image
 from .report import degraded_embeddings
 from .transforms import Transform
@@ -54,6 +55,7 @@ def _labelled_faces(root: Path, identities: int, probes: int) -> list[tuple[torc
 
 
 def run_tune_benchmark(args: argparse.Namespace) -> int:
+    configure_cpu_threads()
     roles = load_roles()
     ensemble_names = args.ensemble or roles["ensemble"][:-1]
     judge_names = args.judges or default_judges()

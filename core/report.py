@@ -235,6 +235,12 @@ class ProtectionEvaluator:
                 raise ValueError(f"{name} has no measured thresholds: run 'facecloak bench lfw --write-manifest'")
             self.models.append(load_model(name, self.device))
         self.missing = [n for n in names if n not in {m.name for m in self.models}]
+        self._lpips: LPIPSMeasure | None = None  # loaded once, on the first report that can use it
+
+    def _lpips_measure(self) -> LPIPSMeasure | None:
+        if self._lpips is None and lpips_available():
+            self._lpips = LPIPSMeasure(self.device)
+        return self._lpips
 
     @torch.no_grad()
     def embed_face(self, photo: torch.Tensor, face: Face) -> FaceEmbeddings:
@@ -280,6 +286,8 @@ class ProtectionEvaluator:
             for ref, ref_face in zip(references or [], reference_faces or [], strict=False)
         ]
         face_reports = []
+        measure = self._lpips_measure() if faces else None
+        face_lpips: list[float] = []
         for face in faces:
             anchors = self.embed_face(clean, face)
             others = given + [entry for entry in album if self.same_person(entry, anchors)]
@@ -303,19 +311,16 @@ class ProtectionEvaluator:
                 ]  # fmt: skip
             y0, y1, x0, x1 = face_region_bounds(face, *hw, margin=0.2)
             face_d = float(dssim(protected[..., y0:y1, x0:x1], clean[..., y0:y1, x0:x1])[0])
+            if measure is not None:
+                face_lpips.append(float(measure(protected[..., y0:y1, x0:x1], clean[..., y0:y1, x0:x1])[0]))
             face_reports.append(FaceReport(face, cells, refs, face_d, anchors))
-        face_lpips = None
-        if faces and lpips_available():
-            measure = LPIPSMeasure()
-            boxes = [face_region_bounds(face, *hw, margin=0.2) for face in faces]
-            face_lpips = max(float(measure(protected[..., a:b, c:d], clean[..., a:b, c:d])[0]) for a, b, c, d in boxes)
         quality = {
             "ssim": float(ssim(protected, clean)[0]),
             "psnr": float(psnr(protected, clean)[0]),
             "face_dssim_max": max((f.face_dssim for f in face_reports), default=0.0),
-            "lpips": face_lpips,
+            "lpips": max(face_lpips) if face_lpips else None,
             "perceptual_measure": "DSSIM (structural, no network weights)"
-            + (", LPIPS (alex) on the face" if face_lpips is not None else f"; {NOT_MEASURED}"),
+            + (", LPIPS (alex) on the face" if face_lpips else f"; {NOT_MEASURED}"),
         }
         return ProtectionReport([m.name for m in self.models], list(ensemble), labels, face_reports, quality)
 
