@@ -154,11 +154,24 @@ def test_first_run_says_what_to_do_when_a_package_is_missing(qtbot, empty_cache,
     assert "could not be built: sface" in text and "facecloak models --build" in text
 
 
-def test_cancel_leaves_a_usable_window_with_a_banner(qtbot, empty_cache, tmp_path):
+def test_cancel_leaves_a_usable_window_with_a_banner(qtbot, empty_cache, tmp_path, monkeypatch):
+    import threading
+
     from PySide6.QtCore import QSettings
 
     from facecloak.app.first_run import offer_first_run
     from facecloak.app.window import MainWindow
+    from facecloak.core.zoo import registry
+
+    # The first model's build is held until Cancel has been pressed, then fetches and builds nothing: the
+    # order is fixed (a real download could otherwise finish before the click) and no network is used.
+    pressed = threading.Event()
+
+    def build_held_until_cancel(names, progress=None, on_error=None):
+        pressed.wait(timeout=60)
+        return []
+
+    monkeypatch.setattr(registry, "build_all", build_held_until_cancel)
 
     window = MainWindow(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
     qtbot.addWidget(window)
@@ -166,7 +179,8 @@ def test_cancel_leaves_a_usable_window_with_a_banner(qtbot, empty_cache, tmp_pat
     try:
         dialog = offer_first_run(window, names=FAST_MODELS)
         assert dialog is not None and dialog.isModal() and dialog.isVisible()
-        dialog.cancel()  # before the first model: the builder stops at once
+        dialog.cancel()  # while the first model is being built: the builder stops after it
+        pressed.set()
         qtbot.waitUntil(lambda: dialog.result_ is not None, timeout=60_000)
         assert dialog.result_.cancelled and dialog.result_.ready == []
         qtbot.waitUntil(lambda: "Model setup was cancelled" in window.banner_text.text(), timeout=10_000)
