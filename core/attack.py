@@ -23,6 +23,7 @@ from kornia.geometry.transform import warp_affine
 
 from .align import ARCFACE_112, umeyama, warp_crops
 from .detect import Face
+from .perceptual import LPIPSMeasure, lpips_available
 from .quality import dssim
 from .transforms import RobustnessConfig, Transform, sample_transforms
 from .zoo.model import FaceModel
@@ -42,7 +43,10 @@ class CloakConfig:
     epsilon: float = 12 / 255  # L-infinity cap of the luminance change
     chroma_epsilon: float = 3 / 255  # cap of the colour (chroma) change: no blotchy skin
     dssim_budget: float = 0.007  # face-region DSSIM the result must stay within
-    quality_weight: float = 1.0  # weight of the DSSIM gradient relative to the attack's
+    quality_weight: float = 1.0  # weight of the perceptual gradient relative to the attack's
+    # LPIPS (alex) joins DSSIM in the perceptual gradient, with this weight, when its ImageNet backbone is
+    # in the torch cache ('facecloak models --fetch-lpips'); the DSSIM budget still bounds the change.
+    lpips_weight: float = 1.0
     views_per_step: int = 2  # degradations sampled per step (EOT)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     work_face_size: int = 160
@@ -256,6 +260,14 @@ class Cloak:
         self.config = config or CloakConfig()
         self.device = next(self.models[0].parameters()).device
         self.memory = AlbumMemory(self.models[0])
+        use_lpips = self.config.lpips_weight > 0 and lpips_available()
+        self.lpips: LPIPSMeasure | None = LPIPSMeasure(self.device) if use_lpips else None
+
+    @property
+    def perceptual_terms(self) -> str:
+        """What bounds and shapes the change, for reports."""
+        terms = f"face DSSIM <= {self.config.dssim_budget:g}"
+        return terms + (f" + LPIPS (alex) term x{self.config.lpips_weight:g}" if self.lpips is not None else "")
 
     # -- set-up -------------------------------------------------------------------------------
     def _region(self, photo: torch.Tensor, face: Face) -> _FaceRegion:
@@ -425,13 +437,19 @@ class Cloak:
             k = 2 * math.ceil(3 * sigma) + 1
             attack_grad = gaussian_blur2d(attack_grad, (k, k), (sigma, sigma)) * region.mask
         quality = dssim(protected, region.clean, weight=region.mask).sum()
-        (quality_grad,) = torch.autograd.grad(quality, delta)
-        # both gradients scaled to unit mean magnitude on the face, so quality_weight means the same
-        # thing whatever the models and the photo
+        (quality_grad,) = torch.autograd.grad(quality, delta, retain_graph=self.lpips is not None)
+        # every gradient scaled to unit mean magnitude on the face, so the weights mean the same thing
+        # whatever the models and the photo
         inside = region.mask > 0
-        a = attack_grad / attack_grad[inside.expand_as(attack_grad)].abs().mean().clamp_min(1e-12)
-        q = quality_grad / quality_grad[inside.expand_as(quality_grad)].abs().mean().clamp_min(1e-12)
-        grad = a + self.config.quality_weight * q
+
+        def unit(g: torch.Tensor) -> torch.Tensor:
+            return g / g[inside.expand_as(g)].abs().mean().clamp_min(1e-12)
+
+        q = unit(quality_grad)
+        if self.lpips is not None:
+            (lpips_grad,) = torch.autograd.grad(self.lpips.distance(protected, region.clean).sum(), delta)
+            q = q + self.config.lpips_weight * unit(lpips_grad)
+        grad = unit(attack_grad) + self.config.quality_weight * q
         return float(attack.detach()), sims, float(quality.detach()), grad
 
     def _compose(self, photo: torch.Tensor, regions: list[_FaceRegion]) -> tuple[torch.Tensor, list[float]]:

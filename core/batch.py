@@ -471,7 +471,11 @@ def run_protect(args: argparse.Namespace) -> int:
             print(f"cannot start: {err}", file=sys.stderr)
             return 2
         names = ", ".join(worker.protector.ensemble_names)
-        print(f"protecting {len(photos)} photo(s) on {worker.protector.device} with ensemble {names}", flush=True)
+        print(
+            f"protecting {len(photos)} photo(s) on {worker.protector.device} with ensemble {names}; "
+            f"perceptual terms: {worker.protector.cloak.perceptual_terms}",
+            flush=True,
+        )
         if worker.report_problem:
             print(worker.report_problem, file=sys.stderr)
     else:

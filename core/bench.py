@@ -9,6 +9,7 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,22 +19,39 @@ from .device import configure_cpu_threads
 BENCHMARKS_MD = Path("docs/BENCHMARKS.md")
 
 
+@contextmanager
+def _exclusive(path: Path):
+    """Hold an advisory lock next to ``path`` (POSIX), so two benchmarks ending together keep both sections."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: benchmarks there run one at a time
+        yield
+        return
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def update_markdown_section(path: Path, key: str, body: str) -> None:
     """Replace (or append) the block between ``<!-- key:start -->`` and ``<!-- key:end -->``."""
     start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
-    text = path.read_text() if path.is_file() else "# FaceCloak benchmarks\n"
     block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        _, after = rest.split(end, 1)
-        text = before + block + after
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    # whole-file replace: a benchmark killed mid-write must not leave a truncated BENCHMARKS.md
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with _exclusive(path):
+        text = path.read_text() if path.is_file() else "# FaceCloak benchmarks\n"
+        if start in text and end in text:
+            before, rest = text.split(start, 1)
+            _, after = rest.split(end, 1)
+            text = before + block + after
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+        # whole-file replace: a benchmark killed mid-write must not leave a truncated BENCHMARKS.md
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 def machine_line() -> str:

@@ -229,6 +229,7 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
         "preset": args.preset,
         "config": {k: (v if isinstance(v, int | float | str) else str(v)) for k, v in config.__dict__.items()},
         "ensemble": ensemble_names,
+        "attack_perceptual_terms": cloak.perceptual_terms,
         "evaluators": evaluator_names,
         "identities": len(kept),
         "data": [str(d) for d in args.data],
@@ -256,7 +257,8 @@ def print_and_write(summary: dict, args: argparse.Namespace) -> None:
         f"Command: `{command}` ({machine_line()}).",
         f"{summary['identities']} identities from {', '.join(summary['data'])}; one protected photo each, clean probes",
         f"of the same people. Attack ensemble: {', '.join(summary['ensemble'])}. Held-out evaluators (never attacked):",
-        f"{', '.join(summary['evaluators'])}.",
+        f"{', '.join(summary['evaluators'])}. The attack's perceptual terms: "
+        f"{summary.get('attack_perceptual_terms', 'face DSSIM')}.",
         "",
         "- **Headline (worst held-out cell)**: without transforms "
         f"{worst_none['verification_protected'] * 100:.0f}% of protected/clean pairs no longer match "

@@ -22,7 +22,7 @@ from .detect import FaceDetector
 from .device import configure_cpu_threads
 from .image import load_image
 from .report import degraded_embeddings
-from .transforms import Transform
+from .transforms import RobustnessConfig, Transform
 from .verification import DetectionCache
 from .zoo.manifest import load_manifest, load_roles
 from .zoo.registry import load_model
@@ -76,6 +76,8 @@ def run_tune_benchmark(args: argparse.Namespace) -> int:
             for _, _, probes in data
         ]
     for name, overrides in variants.items():
+        if isinstance(overrides.get("robustness"), dict):
+            overrides = {**overrides, "robustness": RobustnessConfig(**overrides["robustness"])}
         cloak = Cloak(ensemble, preset(args.preset, **overrides))
         sims: dict[tuple[str, str], list[float]] = {(j.name, t.name): [] for j in judges for t in TUNING_TRANSFORMS}
         dssims, start = [], time.perf_counter()

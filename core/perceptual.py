@@ -57,13 +57,16 @@ class LPIPSMeasure:
             # lpips keeps torchvision's layer indices inside its slices ("slice2.3.weight" is features.3.weight)
             for name, tensor in model.net.state_dict().items():
                 tensor.copy_(features[f"features.{name.split('.', 1)[1]}"])
-        self.model = model.eval().to(device)
+        self.model = model.eval().requires_grad_(False).to(device)
         self.device = torch.device(device)
+
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Differentiable LPIPS per image (``B``), on the inputs' device: the attack's perceptual term."""
+        return self.model(a, b, normalize=True).flatten()
 
     @torch.no_grad()
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        out = self.model(a.to(self.device), b.to(self.device), normalize=True)
-        return out.flatten().cpu()
+        return self.distance(a.to(self.device), b.to(self.device)).cpu()
 
 
 def lpips_or_none(a: torch.Tensor, b: torch.Tensor) -> float | None:

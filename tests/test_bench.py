@@ -70,4 +70,25 @@ def test_markdown_sections_are_replaced_in_place_and_appended(tmp_path):
     assert text.startswith("# title\n\nhand-written summary\n")
     assert "new numbers" in text and "old numbers" not in text and "album numbers" in text
     assert text.index("<!-- speed:start -->") < text.index("<!-- album:start -->")
-    assert [p.name for p in tmp_path.iterdir()] == ["BENCH.md"]  # no temp file left behind
+    left = [p.name for p in tmp_path.iterdir() if p.suffix != ".lock"]
+    assert left == ["BENCH.md"]  # no temp file left behind
+
+
+def test_benchmarks_ending_together_keep_every_section(tmp_path):
+    import threading
+
+    from facecloak.core.bench import update_markdown_section
+
+    doc = tmp_path / "BENCH.md"
+
+    def write(key: str) -> None:
+        for i in range(15):
+            update_markdown_section(doc, key, f"{key} run {i}")
+
+    threads = [threading.Thread(target=write, args=(f"bench{k}",)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    text = doc.read_text()
+    assert all(f"bench{k} run 14" in text for k in range(6))
