@@ -58,7 +58,7 @@ class ModelSpec:
     training_data: str
     training_data_terms: str
     redistributable: bool
-    reference_lfw_accuracy: float
+    reference_lfw_accuracy: float | None  # as claimed by the model's publisher; None where nothing is claimed
     notes: str = ""
     verification: Verification | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -37,6 +37,8 @@ CONVERTERS: dict[str, tuple[str, int]] = {
     "facenet_vggface2": ("facenet_tflite", 1),
     "mobileface": ("tfjs_mobileface", 1),
     "hse_faceres": ("tfjs_faceres", 1),
+    "insightface_mbf": ("insightface_mbf", 1),
+    "facesdk_mbf": ("facesdk_mbf", 1),
 }
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..align import ARCFACE_112, TemplateAlignment
+from .onnx_listing import run_onnxruntime
 
 # OpenCV's FaceRecognizerSF.alignCrop warps the five landmarks onto InsightFace's 112x112 template.
 ALIGNMENT = TemplateAlignment((112, 112), ARCFACE_112)
@@ -112,18 +113,4 @@ def convert(sources: list[Path]) -> dict[str, torch.Tensor]:
 
 def reference_embed(sources: list[Path], crops: np.ndarray) -> np.ndarray:
     """Raw embeddings from onnxruntime on ``N,112,112,3`` uint8 RGB crops (as FaceRecognizerSF feeds)."""
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        from .registry import ReferenceUnavailable
-
-        raise ReferenceUnavailable("onnxruntime is not installed") from err
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # the MXNet export lists its initializers as inputs: warning spam
-    session = ort.InferenceSession(str(sources[0]), options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    blobs = np.asarray(crops, dtype=np.float32).transpose(0, 3, 1, 2)
-    # The graph's batch dimension is fixed at 1.
-    return np.concatenate([session.run(None, {input_name: blob[None]})[0] for blob in blobs], axis=0)
+    return run_onnxruntime(sources[0], np.asarray(crops, dtype=np.float32).transpose(0, 3, 1, 2))

@@ -392,14 +392,17 @@ class TfjsGraph(nn.Module):
     def _compile_conv(self, kind: str, args: list[str], attrs: dict[str, str], get: Callable) -> Callable:
         stride, dilation, padding = tuple(_int_list(attrs["s"])), tuple(_int_list(attrs["d"])), attrs["p"]
         fused = attrs["f"].split(",") if "f" in attrs else []
+        conv_groups = int(attrs.get("g", 1))  # grouped convolutions (ONNX graphs)
 
         def conv(values: list[torch.Tensor]) -> torch.Tensor:
             x, weight = get(values, args[0]), get(values, args[1])
             extras = [get(values, a) for a in args[2:]]
-            groups = x.shape[1] if kind == "depthwise" else 1
+            groups = x.shape[1] if kind == "depthwise" else conv_groups
             kh, kw = weight.shape[-2:]
             pad: tuple[int, int] | int = 0
-            if padding == "SAME":
+            if padding not in ("SAME", "VALID"):  # explicit symmetric padding "h,w" (ONNX graphs)
+                pad = tuple(_int_list(padding))
+            elif padding == "SAME":
                 top, bottom = same_padding(x.shape[2], kh, stride[0], dilation[0])
                 left, right = same_padding(x.shape[3], kw, stride[1], dilation[1])
                 if (top, left) == (bottom, right):
