@@ -851,6 +851,8 @@ class MainWindow(PathDropTarget, QMainWindow):
                 if name in self.roles.get("ensemble", [])
                 else "held-out evaluator"
                 if name in self.roles.get("evaluators", [])
+                else "tuning judge (benchmarks only)"
+                if name in self.roles.get("tuning", [])
                 else "available"
             )
             rows.append(

@@ -106,6 +106,7 @@ def test_empty_window_invites_a_drop_and_lists_model_licences(window):
 
     for spec in load_manifest().values():
         assert spec.display_name in text and spec.model_licence in text
+    assert "held-out evaluator" in text and "tuning judge" in text  # every model says what it is used for
     assert window.act_open.shortcut().toString() == "Ctrl+O"
 
 
