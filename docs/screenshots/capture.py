@@ -1,5 +1,5 @@
 # Regenerate (from the repository root):
-#   PRESET=mid STEPS=16 ENSEMBLE=facenet_casia,sface,facenet_vggface2 \
+#   PRESET=mid STEPS=16 ENSEMBLE=facenet_casia,sface,faceplugin_mbf,facenet_vggface2 \
 #   xvfb-run -a -s "-screen 0 1400x900x24" python docs/screenshots/capture.py /tmp/shots
 """Drive the real FaceCloak window under Xvfb and capture its main states."""
 
@@ -59,7 +59,7 @@ w.grab().save(str(OUT / "01-empty.png"))
 p = w.settings_panel
 p.expert.setChecked(True)
 p.steps.setValue(int(os.environ.get("STEPS", "16")))
-ens = os.environ.get("ENSEMBLE", "facenet_casia,sface,facenet_vggface2").split(",")
+ens = os.environ.get("ENSEMBLE", "facenet_casia,sface,faceplugin_mbf,facenet_vggface2").split(",")
 for n, b in p.ensemble_boxes.items():
     b.setChecked(n in ens)
 p.preset.setCurrentText(os.environ.get("PRESET", "mid"))
