@@ -245,6 +245,7 @@ def test_without_npm_the_tarball_comes_from_the_registry_and_is_verified(tmp_pat
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(b"not a tarball"))
     with pytest.raises(SourceError, match="sha256"):
         extract_source(source)
+    assert not any((tmp_path / "cache2" / "downloads").iterdir())  # nothing unverified is kept
 
 
 def test_unreachable_registry_gives_a_clear_error(tmp_path, monkeypatch):

