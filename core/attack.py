@@ -38,7 +38,7 @@ CANONICAL_POINTS = tuple((2 * x + 48, 2 * y + 48) for x, y in ARCFACE_112)
 class CloakConfig:
     """Every knob of the attack. Presets (:data:`PRESETS`) set the perceptual budget and effort."""
 
-    steps: int = 16
+    steps: int = 15
     step_size: float = 1.5 / 255
     epsilon: float = 12 / 255  # L-infinity cap of the luminance change
     chroma_epsilon: float = 3 / 255  # cap of the colour (chroma) change: no blotchy skin
