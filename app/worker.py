@@ -271,7 +271,7 @@ class Worker(QObject):
             from facecloak.core.attack import Cloak, CloakCancelled
 
             config = self.cloak_config(settings)
-            cloak = Cloak(protector.models, config)
+            cloak = Cloak(protector.models, config, lpips=protector.cloak.lpips)
         except Exception as err:
             self.failed.emit(f"Cannot start protecting: {_short(err)}")
             self.runFinished.emit({"cancelled": False, "counts": counts, "error": _short(err)})
@@ -358,7 +358,7 @@ class Worker(QObject):
                 self.previewFinished.emit(job.key, {"error": "no face to preview"})
                 return
             progress = self._start_photo(job.key, len(chosen))
-            result = Cloak(protector.models, config)(
+            result = Cloak(protector.models, config, lpips=protector.cloak.lpips)(
                 photo.to(protector.device), chosen, progress, self.control.should_cancel
             )
             self.previewFinished.emit(job.key, tensor_to_uint8(result.photo.cpu()))

@@ -253,15 +253,18 @@ class Cloak:
     ``models`` is the attack ensemble (surrogates); never pass the models used to report protection.
     """
 
-    def __init__(self, models: Sequence[FaceModel], config: CloakConfig | None = None) -> None:
+    def __init__(
+        self, models: Sequence[FaceModel], config: CloakConfig | None = None, lpips: LPIPSMeasure | None = None
+    ) -> None:
+        """``lpips``: an LPIPS measure already loaded (e.g. by a longer-lived Cloak), so it is not read again."""
         if not models:
             raise ValueError("the cloak needs at least one ensemble model")
         self.models = list(models)
         self.config = config or CloakConfig()
         self.device = next(self.models[0].parameters()).device
         self.memory = AlbumMemory(self.models[0])
-        use_lpips = self.config.lpips_weight > 0 and lpips_available()
-        self.lpips: LPIPSMeasure | None = LPIPSMeasure(self.device) if use_lpips else None
+        use_lpips = self.config.lpips_weight > 0 and (lpips is not None or lpips_available())
+        self.lpips: LPIPSMeasure | None = (lpips or LPIPSMeasure(self.device)) if use_lpips else None
 
     @property
     def perceptual_terms(self) -> str:

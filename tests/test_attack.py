@@ -176,7 +176,9 @@ def test_cached_lpips_backbone_joins_the_perceptual_term(
     fake_backbone(perceptual.alexnet_checkpoint())  # a random AlexNet stands in for ImageNet's (no download)
     with_lpips = Cloak([surrogate], small_config(steps=10, lpips_weight=1.0))
     assert with_lpips.lpips is not None and "LPIPS" in with_lpips.perceptual_terms
-    dssim_only = Cloak([surrogate], small_config(steps=10, lpips_weight=0.0))
+    shared = Cloak([surrogate], small_config(steps=10), lpips=with_lpips.lpips)
+    assert shared.lpips is with_lpips.lpips  # a Cloak per preview reuses the loaded measure
+    dssim_only = Cloak([surrogate], small_config(steps=10, lpips_weight=0.0), lpips=with_lpips.lpips)
     assert dssim_only.lpips is None and "LPIPS" not in dssim_only.perceptual_terms
     measure = perceptual.LPIPSMeasure()
     y0, y1, x0, x1 = face_region_bounds(astronaut_faces[0], *astronaut_photo.shape[-2:])
