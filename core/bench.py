@@ -232,6 +232,9 @@ def run_speed_benchmark(args: argparse.Namespace) -> int:
     for name in args.presets:
         protector = Protector(preset(name), ensemble=args.ensemble, device=args.device)
         for run in range(args.repeats + 1):  # the first run warms caches and is not counted
+            # every counted run starts cold: a remembered face would warm-start and halve the steps
+            # (the album case, measured by 'bench album')
+            protector.cloak.memory.clear()
             t0 = time.perf_counter()
             photo = load_image(args.photo)
             if args.megapixels:

