@@ -30,7 +30,7 @@ def test_manifest_records_provenance_for_every_model():
             assert len(source.member_sha256) == 64 and len(source.dist_sha256) == 64
             assert source.package and source.version and source.member
         assert spec.model_licence and spec.training_data and spec.training_data_terms
-        assert spec.embedding_dim in (128, 256, 512, 1024)
+        assert spec.embedding_dim in (128, 192, 256, 512, 1024)
 
 
 def test_ensemble_and_evaluators_are_disjoint_families():

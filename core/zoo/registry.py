@@ -40,6 +40,7 @@ CONVERTERS: dict[str, tuple[str, int]] = {
     "insightface_mbf": ("insightface_mbf", 1),
     "facesdk_mbf": ("facesdk_mbf", 1),
     "faceplugin_mbf": ("faceplugin_mbf", 1),
+    "expo_mbf": ("expo_mbf", 1),
 }
 
 
