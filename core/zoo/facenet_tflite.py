@@ -35,6 +35,8 @@ from ..align import BoxAlignment
 from .inception_resnet import STEM_LAYERS
 
 ALIGNMENT = BoxAlignment((160, 160), margin=32.0)
+# Dense Inception-ResNet convolutions: bfloat16 autocast runs them ~1.75x faster on CPUs with native bf16.
+BFLOAT16 = True
 
 # The graph's input quantisation: real = (q - 128) * (1 / 128), i.e. (255 x - 128) / 128.
 INPUT_ZERO_POINT = 128.0

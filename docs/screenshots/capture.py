@@ -1,5 +1,5 @@
 # Regenerate (from the repository root):
-#   PRESET=mid STEPS=16 ENSEMBLE=facenet_casia,sface,faceplugin_mbf,facenet_vggface2 \
+#   PRESET=mid [STEPS=N] [ENSEMBLE=a,b,...] \
 #   xvfb-run -a -s "-screen 0 1400x900x24" python docs/screenshots/capture.py /tmp/shots
 """Drive the real FaceCloak window under Xvfb and capture its main states."""
 
@@ -30,6 +30,7 @@ QCoreApplication.setOrganizationName("FaceCloak")
 QCoreApplication.setApplicationName("FaceCloak")
 app = QApplication(sys.argv)
 from facecloak.app.window import MainWindow, install_error_hook  # noqa: E402 - after QApplication
+from facecloak.core.protect import default_ensemble  # noqa: E402
 
 ini = Path("/tmp/facecloak-shots/settings.ini")
 ini.unlink(missing_ok=True)
@@ -58,8 +59,9 @@ spin(800)
 w.grab().save(str(OUT / "01-empty.png"))
 p = w.settings_panel
 p.expert.setChecked(True)
-p.steps.setValue(int(os.environ.get("STEPS", "16")))
-ens = os.environ.get("ENSEMBLE", "facenet_casia,sface,faceplugin_mbf,facenet_vggface2").split(",")
+if os.environ.get("STEPS"):  # default: the preset's own
+    p.steps.setValue(int(os.environ["STEPS"]))
+ens = os.environ["ENSEMBLE"].split(",") if os.environ.get("ENSEMBLE") else default_ensemble()
 for n, b in p.ensemble_boxes.items():
     b.setChecked(n in ens)
 p.preset.setCurrentText(os.environ.get("PRESET", "mid"))
