@@ -342,7 +342,6 @@ class Cloak:
                 start = self._from_canonical(init[i].to(self.device, region.clean.dtype), region)
                 region.delta = _project(start, region.clean, config)
         steps = max(1, round(config.steps * config.warm_start_step_share)) if warm else config.steps
-        weights = self._model_weights(regions) if regions else {}
         history: list[StepMetrics] = []
         for step in range(steps if regions else 0):
             if should_cancel is not None and should_cancel():
@@ -351,7 +350,7 @@ class Cloak:
             total_loss, sims, quality = 0.0, {m.name: 0.0 for m in self.models}, 0.0
             for region in regions:
                 shifts = self._jitter(np_rng, region, len(views))
-                loss, region_sims, region_dssim, grad = self._step_gradient(region, views, shifts, weights)
+                loss, region_sims, region_dssim, grad = self._step_gradient(region, views, shifts)
                 with torch.no_grad():
                     # momentum on the normalised gradient (MI-FGSM) steadies the direction across sampled
                     # degradations, which helps the change transfer to models it never saw
@@ -402,72 +401,59 @@ class Cloak:
         eye_distance = float(np.linalg.norm(marks[1] - marks[0]))
         return [rng.normal(0, amount * eye_distance, size=(5, 2)) for _ in range(count)]
 
-    def _model_weights(self, regions: list[_FaceRegion]) -> dict[str, float]:
-        """Scale each model's term by the inverse of its gradient size on the clean faces.
-
-        Gradient magnitudes differ by up to 1000x between these models; without this one model
-        would steer the whole ensemble.
-        """
-        norms = {}
-        for model in self.models:
-            total = 0.0
-            for region in regions:
-                x = region.clean.clone().requires_grad_(True)
-                target = region.clean_embeddings[model.name]
-                sim = (self._embed(model, x, region) * target).sum()
-                (grad,) = torch.autograd.grad(sim, x)
-                total += float((grad * region.mask).abs().mean())
-            norms[model.name] = max(total / len(regions), 1e-12)
-        mean = sum(norms.values()) / len(norms)
-        emphasis = self.config.model_emphasis
-        return {name: emphasis.get(name, 1.0) * mean / norm for name, norm in norms.items()}
-
     def _step_gradient(
-        self,
-        region: _FaceRegion,
-        views: list[Transform],
-        shifts: list[np.ndarray | None],
-        weights: dict[str, float],
+        self, region: _FaceRegion, views: list[Transform], shifts: list[np.ndarray | None]
     ) -> tuple[float, dict[str, float], float, torch.Tensor]:
+        inside = region.mask > 0
+
+        def unit(g: torch.Tensor) -> torch.Tensor:
+            """``g`` scaled to unit mean magnitude on the face."""
+            return g / g[inside.expand_as(g)].abs().mean().clamp_min(1e-12)
+
         delta = region.delta.detach().requires_grad_(True)
         protected = _quantise((region.clean + delta * region.mask).clamp(0, 1))
-        attack = protected.new_zeros(())
-        sims = {}
         # each degradation is applied once per step and shared by every model
         degraded = [view(protected) for view in views]
+        views_in = [image.detach().requires_grad_(True) for image in degraded]
+        attack, sims = 0.0, {}
+        combined = [torch.zeros_like(image) for image in views_in]
+        emphasis = self.config.model_emphasis
         for model in self.models:
             target = region.clean_embeddings[model.name]
             crops = torch.cat(
                 [
                     warp_crops(image, self._matrices(model, region, shift), model.input_size)
-                    for image, shift in zip(degraded, shifts, strict=True)
+                    for image, shift in zip(views_in, shifts, strict=True)
                 ]
             )
             with self._autocast(model):
                 embeddings = model(crops)
             model_sim = (embeddings.float() @ target[0].float()).mean()
             sims[model.name] = float(model_sim.detach())
-            attack = attack + weights[model.name] * model_sim / len(self.models)
-        (attack_grad,) = torch.autograd.grad(attack, delta, retain_graph=True)
+            weight = emphasis.get(model.name, 1.0)
+            attack += weight * sims[model.name] / len(self.models)
+            # Each model's gradient is scaled to unit size on the face, every step: their raw sizes differ by
+            # orders of magnitude, so a plain sum would be steered by one model (what LowKey's division by the
+            # clean embedding norm is for). Scaled at the models' input, before the shared degradations.
+            grads = torch.autograd.grad(model_sim, views_in)
+            scale = torch.cat([g[inside.expand_as(g)].abs().flatten() for g in grads]).mean().clamp_min(1e-12)
+            for total, g in zip(combined, grads, strict=True):
+                total.add_(g, alpha=weight / float(scale))
+        (attack_grad,) = torch.autograd.grad(degraded, delta, grad_outputs=combined, retain_graph=True)
         if self.config.gradient_sigma > 0:
             sigma = self.config.gradient_sigma
             k = 2 * math.ceil(3 * sigma) + 1
             attack_grad = gaussian_blur2d(attack_grad, (k, k), (sigma, sigma)) * region.mask
         quality = dssim(protected, region.clean, weight=region.mask).sum()
         (quality_grad,) = torch.autograd.grad(quality, delta, retain_graph=self.lpips is not None)
-        # every gradient scaled to unit mean magnitude on the face, so the weights mean the same thing
+        # the attack and perceptual gradients are also unit-scaled, so their weights mean the same thing
         # whatever the models and the photo
-        inside = region.mask > 0
-
-        def unit(g: torch.Tensor) -> torch.Tensor:
-            return g / g[inside.expand_as(g)].abs().mean().clamp_min(1e-12)
-
         q = unit(quality_grad)
         if self.lpips is not None:
             (lpips_grad,) = torch.autograd.grad(self.lpips.distance(protected, region.clean).sum(), delta)
             q = q + self.config.lpips_weight * unit(lpips_grad)
         grad = unit(attack_grad) + self.config.quality_weight * q
-        return float(attack.detach()), sims, float(quality.detach()), grad
+        return attack, sims, float(quality.detach()), grad
 
     def _compose(self, photo: torch.Tensor, regions: list[_FaceRegion]) -> tuple[torch.Tensor, list[float]]:
         """Upsample each face's change onto the photo, quantise, and hold the DSSIM budget at full size.

@@ -212,3 +212,16 @@ def test_model_emphasis_scales_that_models_say(surrogate, astronaut_photo, astro
     # the first step's loss is measured before any change, so only the weight differs
     assert stressed.steps[0].loss == pytest.approx(3 * plain.steps[0].loss, rel=1e-5)
     assert stressed.steps[0].similarity == plain.steps[0].similarity
+
+
+def test_every_ensemble_model_is_attacked_not_just_the_loudest(surrogate, astronaut_photo, astronaut_faces):
+    """Gradient sizes differ by orders of magnitude between models; each one's is scaled every step, so a
+    two-model ensemble lowers both similarities."""
+    status = cache_status(load_manifest()["openface"])
+    if not status.ready:
+        pytest.skip(f"openface not converted: {status.message}")
+    other = load_model("openface")
+    result = Cloak([surrogate, other], small_config(steps=8))(astronaut_photo, astronaut_faces)
+    first, last = result.steps[0].similarity, result.steps[-1].similarity
+    for name in (SURROGATE, "openface"):
+        assert last[name] < first[name] - 0.05, (name, first[name], last[name])
