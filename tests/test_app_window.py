@@ -18,7 +18,7 @@ from facecloak.app.model import ERROR, NO_FACE, PROTECTED, QUEUED
 from facecloak.app.preview import DIFFERENCE, FLICKER, SIDE_BY_SIDE, SPLIT
 from facecloak.app.window import MainWindow
 
-ENSEMBLE = "sface"  # fastest attack model
+ENSEMBLE = "facesdk_mbf"  # the fastest model of the default ensemble
 EVALUATOR = "openface"  # a held-out family, quick to evaluate
 
 pytestmark = [pytest.mark.needs_models, pytest.mark.slow]
