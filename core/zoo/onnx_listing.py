@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .tfjs_graph import TfjsGraph, listing_mismatch
+from .tfjs_graph import TfjsGraph, checked_state
 
 
 def _attrs(node) -> dict:
@@ -139,11 +139,7 @@ def _shape_before_flatten(graph, flatten, dims: list[int]) -> tuple[int, int, in
 
 def state_from_onnx(path: Path, embedded: str) -> dict[str, torch.Tensor]:
     """State dict of ``TfjsGraph(embedded)`` from an ONNX file, refusing a file of another topology."""
-    listing, state = derive_onnx_listing(path)
-    problem = listing_mismatch(embedded, listing)
-    if problem:
-        raise ValueError(f"{path.name} is not the graph this converter was written for ({problem})")
-    return {k: torch.from_numpy(v) for k, v in state.items()}
+    return checked_state(embedded, derive_onnx_listing(path), path.name)
 
 
 def run_onnxruntime(path: Path, blobs: np.ndarray) -> np.ndarray:

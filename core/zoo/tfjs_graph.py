@@ -447,10 +447,18 @@ def listing_mismatch(embedded: str, derived: str) -> str | None:
     return None
 
 
-def state_from_files(sources: list[Path], output: str, embedded: str) -> dict[str, torch.Tensor]:
-    """State dict of ``TfjsGraph(embedded)`` from ``[model.json, weights.bin]``, checking the topology."""
-    listing, state = load_graph_model(sources[0], sources[1], output)
+def checked_state(
+    embedded: str, derived: tuple[str, dict[str, np.ndarray]], source_name: str
+) -> dict[str, torch.Tensor]:
+    """State dict of ``TfjsGraph(embedded)`` from a ``(listing, constants)`` pair derived from a model file,
+    refusing a file whose topology is not the embedded one."""
+    listing, state = derived
     problem = listing_mismatch(embedded, listing)
     if problem:
-        raise ValueError(f"{sources[0].name} is not the graph this converter was written for ({problem})")
+        raise ValueError(f"{source_name} is not the graph this converter was written for ({problem})")
     return {k: torch.from_numpy(v) for k, v in state.items()}
+
+
+def state_from_files(sources: list[Path], output: str, embedded: str) -> dict[str, torch.Tensor]:
+    """State dict of ``TfjsGraph(embedded)`` from ``[model.json, weights.bin]``, checking the topology."""
+    return checked_state(embedded, load_graph_model(sources[0], sources[1], output), sources[0].name)

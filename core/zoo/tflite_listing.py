@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .tfjs_graph import listing_mismatch
+from .tfjs_graph import checked_state
 
 _FUSED_ACTIVATIONS = {0: [], 1: ["Relu"], 3: ["Relu6"]}  # tflite.ActivationFunctionType: NONE, RELU, RELU6
 _ELEMENTWISE = {"ADD": "Add", "SUB": "Sub", "MUL": "Mul"}
@@ -239,11 +239,7 @@ def derive_tflite_listing(path: Path) -> tuple[str, dict[str, np.ndarray]]:
 
 def state_from_tflite(path: Path, embedded: str) -> dict[str, torch.Tensor]:
     """State dict of ``TfjsGraph(embedded)`` from a TFLite file, refusing a file of another topology."""
-    listing, state = derive_tflite_listing(path)
-    problem = listing_mismatch(embedded, listing)
-    if problem:
-        raise ValueError(f"{Path(path).name} is not the graph this converter was written for ({problem})")
-    return {k: torch.from_numpy(v) for k, v in state.items()}
+    return checked_state(embedded, derive_tflite_listing(path), Path(path).name)
 
 
 def run_litert(path: Path, blobs: np.ndarray) -> np.ndarray:
