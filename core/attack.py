@@ -10,10 +10,11 @@ under randomly sampled degradations, each model's term scaled so that none domin
 
 from __future__ import annotations
 
+import json
 import math
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -56,6 +57,11 @@ class CloakConfig:
     # Gaussian smoothing of the attack gradient (TI-FGSM, Dong et al. 2019), sigma in working pixels; 0 = off.
     # Smoother changes lean less on one surrogate's pixel-level quirks.
     gradient_sigma: float = 1.0
+    # Spreads the change where SSIM tolerates it: step and luminance cap scale with the clean face's local
+    # contrast, (2 var + C2) ** (texture_allocation / 2), normalised to mean 1 on the face; 0 = uniform.
+    # SSIM forgives a change of variance n in a window of variance var about as n / (2 var + C2), so a
+    # budget-bound change buys more strength in hair, brows and edges than on smooth skin.
+    texture_allocation: float = 0.0
     # Albums: a face that matches one protected earlier in this session starts from that face's change
     # (carried in the canonical face frame) and runs only this share of the steps.
     warm_start: bool = True
@@ -82,6 +88,63 @@ def preset(name: str, **overrides) -> CloakConfig:
         return replace(PRESETS[name], **overrides)
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def _coerce(name: str, value: object, default: object) -> object:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} takes true or false, not {value!r}")
+        return value
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(default, float) and number:
+        return float(value)
+    if isinstance(default, int) and number and float(value).is_integer():
+        return int(value)
+    if isinstance(default, tuple) and isinstance(value, list):
+        return tuple(value)
+    if isinstance(default, dict) and isinstance(value, dict):
+        return value
+    raise ValueError(f"{name} takes a {type(default).__name__}, not {value!r}")
+
+
+def with_overrides(config: CloakConfig, changes: Mapping[str, object]) -> CloakConfig:
+    """``config`` with knobs replaced by name (``"robustness"`` takes a mapping of its own knobs, or use
+    ``"robustness.jpeg"``); values are checked against each knob's type, unknown names are refused."""
+    top: dict[str, object] = {}
+    nested: dict[str, object] = {}
+    for key, value in changes.items():
+        if key == "robustness" and isinstance(value, Mapping):
+            nested.update(value)
+        elif key.startswith("robustness."):
+            nested[key.split(".", 1)[1]] = value
+        else:
+            top[key] = value
+    known = {f.name: getattr(config, f.name) for f in fields(config) if f.name != "robustness"}
+    robust = {f.name: getattr(config.robustness, f.name) for f in fields(config.robustness)}
+    for names, given, prefix in ((known, top, ""), (robust, nested, "robustness.")):
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise ValueError(f"unknown knob {prefix}{unknown[0]}; knobs: {', '.join(prefix + n for n in names)}")
+    top = {k: _coerce(k, v, known[k]) for k, v in top.items()}
+    nested = {k: _coerce(f"robustness.{k}", v, robust[k]) for k, v in nested.items()}
+    if nested:
+        top["robustness"] = replace(config.robustness, **nested)
+    return replace(config, **top)
+
+
+def parse_assignments(assignments: Sequence[str]) -> dict[str, object]:
+    """``["steps=20", "robustness.jpeg=false", "model_emphasis={\"facenet_casia\": 2}"]`` -> a mapping for
+    :func:`with_overrides` (values are JSON; a bare word is taken as a string)."""
+    changes: dict[str, object] = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KNOB=VALUE, got {item!r}")
+        try:
+            changes[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            changes[key.strip()] = text
+    return changes
 
 
 class CloakCancelled(RuntimeError):
@@ -120,6 +183,7 @@ class _FaceRegion:
     x1: int
     clean: torch.Tensor  # 1,3,h,w working copy of the region
     mask: torch.Tensor  # 1,1,h,w feathered face mask
+    allowance: torch.Tensor  # 1,1,h,w per-pixel scale of the step and luminance cap (mean 1 on the face)
     to_photo: np.ndarray  # 3x3: working pixel -> photo pixel (pixel centres)
     delta: torch.Tensor  # 1,3,h,w perturbation (working resolution)
     momentum: torch.Tensor
@@ -174,10 +238,26 @@ def _quantise(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x * 255) / 255 - x).detach()
 
 
-def _project(delta: torch.Tensor, clean: torch.Tensor, config: CloakConfig) -> torch.Tensor:
+def texture_allowance(clean: torch.Tensor, mask: torch.Tensor, power: float, ceiling: float = 3.0) -> torch.Tensor:
+    """``1,1,h,w`` map proportional to ``(2 var + C2) ** (power / 2)`` of the clean luminance in SSIM's
+    window, normalised to mean 1 where ``mask`` exceeds 1/2 and capped at ``ceiling``."""
+    if power == 0:
+        return torch.ones_like(mask)
+    luma = clean.mean(dim=1, keepdim=True)
+    window, sigma = (11, 11), (1.5, 1.5)
+    mean = gaussian_blur2d(luma, window, sigma, border_type="replicate")
+    variance = (gaussian_blur2d(luma * luma, window, sigma, border_type="replicate") - mean * mean).clamp_min(0)
+    allowance = (2 * variance + 0.03**2) ** (power / 2)
+    inside = mask > 0.5
+    allowance = allowance / allowance[inside].mean() if inside.any() else torch.ones_like(mask)
+    return allowance.clamp(max=ceiling)
+
+
+def _project(delta: torch.Tensor, clean: torch.Tensor, config: CloakConfig, allowance: torch.Tensor) -> torch.Tensor:
     luma = delta.mean(dim=1, keepdim=True)
     chroma = delta - luma
-    luma = luma.clamp(-config.epsilon, config.epsilon)
+    cap = config.epsilon * allowance
+    luma = torch.maximum(torch.minimum(luma, cap), -cap)
     chroma = chroma.clamp(-config.chroma_epsilon, config.chroma_epsilon)
     return _fit_in_range(clean, luma, chroma)
 
@@ -298,8 +378,9 @@ class Cloak:
         to_photo = np.array([[fx, 0, (fx - 1) / 2 + x0], [0, fy, (fy - 1) / 2 + y0], [0, 0, 1.0]])
         clean = region.to(self.device).contiguous()
         mask = face_mask(face, bounds, (h, w)).to(self.device)
+        allowance = texture_allowance(clean, mask, self.config.texture_allocation)
         zeros = torch.zeros_like(clean)
-        return _FaceRegion(face, y0, y1, x0, x1, clean, mask, to_photo, zeros, zeros.clone())
+        return _FaceRegion(face, y0, y1, x0, x1, clean, mask, allowance, to_photo, zeros, zeros.clone())
 
     def _matrices(self, model: FaceModel, region: _FaceRegion, shift: np.ndarray | None) -> torch.Tensor:
         landmarks = region.face.landmark_array()
@@ -340,7 +421,7 @@ class Cloak:
         for i, region in enumerate(regions):
             if init is not None and i < len(init) and init[i] is not None:
                 start = self._from_canonical(init[i].to(self.device, region.clean.dtype), region)
-                region.delta = _project(start, region.clean, config)
+                region.delta = _project(start, region.clean, config, region.allowance)
         steps = max(1, round(config.steps * config.warm_start_step_share)) if warm else config.steps
         history: list[StepMetrics] = []
         for step in range(steps if regions else 0):
@@ -356,7 +437,8 @@ class Cloak:
                     # degradations, which helps the change transfer to models it never saw
                     region.momentum = config.momentum * region.momentum + grad
                     step_direction = region.momentum.sign()
-                    region.delta = _project(region.delta - config.step_size * step_direction, region.clean, config)
+                    step_change = config.step_size * region.allowance * step_direction
+                    region.delta = _project(region.delta - step_change, region.clean, config, region.allowance)
                     gamma, _ = _budget_scale(region.delta * region.mask, region.clean, region.mask, config.dssim_budget)
                     region.delta = region.delta * gamma
                 total_loss += loss
@@ -404,11 +486,16 @@ class Cloak:
     def _step_gradient(
         self, region: _FaceRegion, views: list[Transform], shifts: list[np.ndarray | None]
     ) -> tuple[float, dict[str, float], float, torch.Tensor]:
-        inside = region.mask > 0
+        # masked means by multiply-and-sum: boolean indexing copies and was a tenth of the step's time
+        inside = (region.mask > 0).to(region.delta.dtype)
+        inside_count = float(inside.sum()) * region.delta.shape[1]
+
+        def mean_magnitude(g: torch.Tensor) -> torch.Tensor:
+            return (g.abs() * inside).sum() / max(inside_count, 1.0)
 
         def unit(g: torch.Tensor) -> torch.Tensor:
             """``g`` scaled to unit mean magnitude on the face."""
-            return g / g[inside.expand_as(g)].abs().mean().clamp_min(1e-12)
+            return g / mean_magnitude(g).clamp_min(1e-12)
 
         delta = region.delta.detach().requires_grad_(True)
         protected = _quantise((region.clean + delta * region.mask).clamp(0, 1))
@@ -436,7 +523,7 @@ class Cloak:
             # orders of magnitude, so a plain sum would be steered by one model (what LowKey's division by the
             # clean embedding norm is for). Scaled at the models' input, before the shared degradations.
             grads = torch.autograd.grad(model_sim, views_in)
-            scale = torch.cat([g[inside.expand_as(g)].abs().flatten() for g in grads]).mean().clamp_min(1e-12)
+            scale = (sum(mean_magnitude(g) for g in grads) / len(grads)).clamp_min(1e-12)
             for total, g in zip(combined, grads, strict=True):
                 total.add_(g, alpha=weight / float(scale))
         (attack_grad,) = torch.autograd.grad(degraded, delta, grad_outputs=combined, retain_graph=True)

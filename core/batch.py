@@ -19,9 +19,13 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .export import UMASK, ExportOptions, export_target, remove_stale_temp_files
 from .image import display_name
+
+if TYPE_CHECKING:
+    from .attack import CloakConfig
 
 JOURNAL_NAME = ".facecloak-journal.json"
 JOURNAL_VERSION = 1
@@ -33,6 +37,15 @@ def add_protect_arguments(protect: argparse.ArgumentParser) -> None:
     protect.add_argument("-o", "--output", type=Path, required=True, help="folder for the protected copies")
     protect.add_argument("--preset", choices=["low", "mid", "high"], default="mid")
     protect.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
+    protect.add_argument(
+        "--set",
+        dest="knobs",
+        action="append",
+        default=[],
+        metavar="KNOB=VALUE",
+        help="expert: override any attack knob, e.g. --set dssim_budget=0.005 --set robustness.jpeg=false "
+        "(values are JSON; an unknown knob lists the known ones)",
+    )
     protect.add_argument("--suffix", default="_cloaked", help="added to each file name (default _cloaked)")
     protect.add_argument(
         "--format", choices=["same", "jpeg", "png"], default="same", help="output format (default: the input's)"
@@ -63,6 +76,7 @@ class BatchSettings:
 
     preset: str = "mid"
     steps: int | None = None
+    knobs: tuple[str, ...] = ()  # expert overrides, "KNOB=VALUE"
     ensemble: tuple[str, ...] | None = None
     device: str = "auto"
     options: ExportOptions = field(default_factory=ExportOptions)
@@ -72,8 +86,17 @@ class BatchSettings:
     def fingerprint(self) -> str:
         """What changes the output bytes; a resumed run with other settings says so."""
         data = {"preset": self.preset, "steps": self.steps, "ensemble": self.ensemble, **asdict(self.options)}
+        if self.knobs:
+            data["knobs"] = list(self.knobs)
         data.pop("overwrite", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def cloak_config(self) -> CloakConfig:
+        """The preset, then ``steps``, then the expert knobs; ValueError names a bad knob."""
+        from .attack import parse_assignments, preset, with_overrides
+
+        config = preset(self.preset, **({"steps": self.steps} if self.steps is not None else {}))
+        return with_overrides(config, parse_assignments(self.knobs))
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -165,12 +188,10 @@ class Worker:
     """Models loaded once; protects photos one after another (in the main process or a pool worker)."""
 
     def __init__(self, settings: BatchSettings) -> None:
-        from .attack import preset
         from .protect import Protector
 
-        overrides = {"steps": settings.steps} if settings.steps is not None else {}
         self.settings = settings
-        self.protector = Protector(preset(settings.preset, **overrides), settings.ensemble, settings.device)
+        self.protector = Protector(settings.cloak_config(), settings.ensemble, settings.device)
         self.evaluator = None
         self.album: list = []  # clean embeddings of every face protected so far: links to older photos
         self.report_problem = ""
@@ -457,12 +478,18 @@ def run_protect(args: argparse.Namespace) -> int:
     settings = BatchSettings(
         preset=args.preset,
         steps=args.steps,
+        knobs=tuple(args.knobs),
         ensemble=tuple(args.ensemble) if args.ensemble else None,
         device=args.device,
         options=options,
         report=args.report,
         threads=max(1, (os.cpu_count() or 1) // jobs),
     )
+    try:
+        settings.cloak_config()
+    except ValueError as err:
+        print(f"cannot start: {err}", file=sys.stderr)
+        return 2
     worker = None
     if jobs == 1:
         try:  # load the models before the first photo, so a missing model is one clear message

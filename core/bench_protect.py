@@ -99,6 +99,10 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
         return 2
     ensemble_names, evaluator_names = roles
     overrides = {"steps": args.steps} if args.steps is not None else {}
+    if args.dssim_budget is not None:
+        overrides["dssim_budget"] = args.dssim_budget
+    if args.epsilon is not None:
+        overrides["epsilon"] = args.epsilon / 255
     if args.quick:  # end-to-end check for CI: a few identities, a couple of steps, one view
         overrides = {"steps": min(args.steps or 2, 2), "views_per_step": 1}
         args.identities, args.probes, args.data = min(args.identities, 4), min(args.probes, 2), args.data[:1]
@@ -227,6 +231,7 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
             )
     summary = {
         "preset": args.preset,
+        "overrides": {} if args.quick else overrides,
         "config": {k: (v if isinstance(v, int | float | str) else str(v)) for k, v in config.__dict__.items()},
         "ensemble": ensemble_names,
         "attack_perceptual_terms": cloak.perceptual_terms,
@@ -244,6 +249,11 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _knob(name: str, value: float) -> str:
+    """A knob's value as people read it: the caps in 8-bit levels."""
+    return f"{value * 255:.3g}/255" if name == "epsilon" else f"{value:.4g}"
+
+
 def print_and_write(summary: dict, args: argparse.Namespace) -> None:
     cells = summary["cells"]
     held = [c for c in cells if c["role"] == "held-out"]
@@ -252,7 +262,9 @@ def print_and_write(summary: dict, args: argparse.Namespace) -> None:
     command = "facecloak " + " ".join(sys.argv[1:])
     q = summary["quality_mean"]
     lines = [
-        f"## Protection benchmark: preset `{summary['preset']}`" + (" (quick)" if args.quick else ""),
+        f"## Protection benchmark: preset `{summary['preset']}`"
+        + "".join(f", {k} {_knob(k, v)}" for k, v in summary.get("overrides", {}).items())
+        + (" (quick)" if args.quick else ""),
         "",
         f"Command: `{command}` ({machine_line()}).",
         f"{summary['identities']} identities from {', '.join(summary['data'])}; one protected photo each, clean probes",
@@ -291,7 +303,8 @@ def print_and_write(summary: dict, args: argparse.Namespace) -> None:
     print("\n" + table)
     if not args.quick:
         folders = "+".join(Path(d).name for d in summary["data"])
-        update_markdown_section(BENCHMARKS_MD, f"protect-{summary['preset']}-{folders}", table)
+        tweaks = "".join(f"-{k}{_knob(k, v)}" for k, v in summary.get("overrides", {}).items()).replace("/", "_")
+        update_markdown_section(BENCHMARKS_MD, f"protect-{summary['preset']}{tweaks}-{folders}", table)
     if args.output:
         args.output.write_text(json.dumps(summary, indent=2))
 
@@ -304,6 +317,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probes", type=int, default=3, help="clean photos per identity")
     parser.add_argument("--preset", default="mid", choices=["low", "mid", "high"])
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--dssim-budget", type=float, default=None, help="override the preset's face DSSIM budget")
+    parser.add_argument("--epsilon", type=float, default=None, help="override the luminance cap, in 8-bit levels")
     parser.add_argument("--ensemble", nargs="+", default=None)
     parser.add_argument("--evaluators", nargs="+", default=None)
     parser.add_argument("--seed", type=int, default=0)

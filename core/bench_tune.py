@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 
-from .attack import Cloak, preset
+from .attack import Cloak, face_region_bounds, preset, with_overrides
 from .bench_protect import split_identities
 from .detect import FaceDetector
 from .device import configure_cpu_threads
 from .image import load_image
+from .quality import haarpsi
 from .report import degraded_embeddings
-from .transforms import RobustnessConfig, Transform
+from .transforms import Transform
 from .verification import DetectionCache
 from .zoo.manifest import load_manifest, load_roles
 from .zoo.registry import load_model
@@ -76,15 +77,17 @@ def run_tune_benchmark(args: argparse.Namespace) -> int:
             for _, _, probes in data
         ]
     for name, overrides in variants.items():
-        if isinstance(overrides.get("robustness"), dict):
-            overrides = {**overrides, "robustness": RobustnessConfig(**overrides["robustness"])}
-        cloak = Cloak(ensemble, preset(args.preset, **overrides))
+        cloak = Cloak(ensemble, with_overrides(preset(args.preset), overrides))
         sims: dict[tuple[str, str], list[float]] = {(j.name, t.name): [] for j in judges for t in TUNING_TRANSFORMS}
-        dssims, start = [], time.perf_counter()
+        dssims, haarpsis, start = [], [], time.perf_counter()
         for (photo, face, _), references in zip(data, probe_embeddings, strict=True):
             cloak.memory.clear()  # every face from cold: warm starts would mix variants' effects
             result = cloak(photo, [face])
             dssims.append(result.face_dssim[0])
+            # a second, independent quality measure: shaping the change to the DSSIM budget must not cost
+            # perceived quality that DSSIM misses (same face box as bench protect)
+            y0, y1, x0, x1 = face_region_bounds(face, *photo.shape[-2:], margin=0.2)
+            haarpsis.append(float(haarpsi(result.photo[..., y0:y1, x0:x1], photo[..., y0:y1, x0:x1])[0]))
             with torch.no_grad():
                 for judge in judges:
                     embeddings = degraded_embeddings(judge, result.photo, face, list(TUNING_TRANSFORMS))
@@ -99,8 +102,8 @@ def run_tune_benchmark(args: argparse.Namespace) -> int:
                 below = sum(v < thresholds[judge.name] for v in values) / len(values)
                 cells.append(f"{t.name.replace(' ', '')}:{below:4.0%}/{sum(values) / len(values):.2f}")
             print(
-                f"{name:16s} {judge.name:18s} {seconds:5.1f} s/face dssim {sum(dssims) / len(dssims):.4f} | "
-                + " ".join(cells),
+                f"{name:16s} {judge.name:18s} {seconds:5.1f} s/face dssim {sum(dssims) / len(dssims):.4f} "
+                f"haarpsi {sum(haarpsis) / len(haarpsis):.4f} | " + " ".join(cells),
                 flush=True,
             )
     return 0

@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from facecloak.core.attack import Cloak, CloakCancelled, CloakConfig, _budget_scale, face_region_bounds, preset
+from facecloak.core.attack import (
+    Cloak,
+    CloakCancelled,
+    CloakConfig,
+    _budget_scale,
+    face_mask,
+    face_region_bounds,
+    parse_assignments,
+    preset,
+    texture_allowance,
+    with_overrides,
+)
 from facecloak.core.quality import dssim
 from facecloak.core.transforms import RobustnessConfig
 from facecloak.core.zoo.manifest import load_manifest
@@ -225,3 +236,60 @@ def test_every_ensemble_model_is_attacked_not_just_the_loudest(surrogate, astron
     first, last = result.steps[0].similarity, result.steps[-1].similarity
     for name in (SURROGATE, "openface"):
         assert last[name] < first[name] - 0.05, (name, first[name], last[name])
+
+
+def test_texture_allowance_follows_local_contrast():
+    """Flat grey on the left, fine texture on the right: the allowance is mean 1 on the mask, several times
+    larger in the texture, capped, and uniform when switched off."""
+    clean = torch.full((1, 3, 64, 64), 0.5)
+    checker = (torch.arange(32)[None, :] + torch.arange(64)[:, None]) % 2
+    clean[..., :, 32:] += 0.2 * (checker.float() - 0.5)
+    mask = torch.ones(1, 1, 64, 64)
+    allowance = texture_allowance(clean, mask, 1.0)
+    assert float(allowance.mean()) == pytest.approx(1.0, rel=0.05)  # the cap does not bind here
+    assert float(allowance[..., 16:48, 44:60].mean()) > 3 * float(allowance[..., 16:48, 4:20].mean())
+    assert float(allowance.max()) <= 3.0
+    assert torch.equal(texture_allowance(clean, mask, 0.0), torch.ones_like(mask))
+
+
+def test_texture_allocation_moves_the_change_into_detail(surrogate, astronaut_photo, astronaut_faces):
+    """With texture allocation the change grows where the clean face has detail (eyes, brows, hair line)
+    relative to smooth skin, the luminance cap scales with it, and the DSSIM budget still holds."""
+    face = astronaut_faces[0]
+    y0, y1, x0, x1 = face_region_bounds(face, *astronaut_photo.shape[-2:])
+    clean = astronaut_photo[..., y0:y1, x0:x1]
+    mask = face_mask(face, (y0, y1, x0, x1), (y1 - y0, x1 - x0))
+    allowance = texture_allowance(clean, mask, 1.0)[0, 0]
+    inside = mask[0, 0] > 0.9
+    detailed = inside & (allowance > allowance[inside].quantile(0.75))
+    smooth = inside & (allowance < allowance[inside].quantile(0.25))
+
+    def detail_to_smooth(power: float) -> float:
+        config = small_config(steps=6, texture_allocation=power)
+        result = Cloak([surrogate], config)(astronaut_photo, astronaut_faces)
+        change = (result.photo - astronaut_photo)[0, :, y0:y1, x0:x1].mean(dim=0).abs()
+        assert result.face_dssim[0] <= config.dssim_budget
+        assert float(change.max()) <= 3 * config.epsilon + 1.5 / 255
+        return float(change[detailed].mean() / change[smooth].mean().clamp_min(1e-6))
+
+    # measured: 1.5 uniform, 3.3 shaped
+    uniform, shaped = detail_to_smooth(0.0), detail_to_smooth(1.0)
+    assert shaped > 1.5 * uniform, (uniform, shaped)
+
+
+def test_expert_overrides_are_typed_and_unknown_knobs_refused():
+    config = with_overrides(
+        preset("mid"),
+        parse_assignments(["steps=20", "texture_allocation=1", "robustness.jpeg=false", "robustness.kernels=[3,5]"]),
+    )
+    assert (config.steps, config.texture_allocation, config.robustness.jpeg) == (20, 1.0, False)
+    assert config.robustness.kernels == (3, 5) and config.dssim_budget == preset("mid").dssim_budget
+    assert with_overrides(preset("mid"), {"robustness": {"blur": False}}).robustness.blur is False
+    for bad, message in (
+        (["stepz=3"], "unknown knob stepz"),
+        (["steps=2.5"], "steps takes a int"),
+        (["robustness.jpeg=1"], "true or false"),
+        (["steps"], "KNOB=VALUE"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            with_overrides(preset("mid"), parse_assignments(bad))

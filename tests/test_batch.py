@@ -82,6 +82,26 @@ def test_exit_code_is_nonzero_only_when_something_failed(tmp_path, astronaut, ca
     assert (tmp_path / "out" / "IMG_000_cloaked.jpg").exists()  # the failure did not stop the album
 
 
+def test_expert_knobs_change_the_output_and_a_bad_knob_is_refused_up_front(tmp_path, astronaut, capsys):
+    album = tmp_path / "album"
+    make_album(album, astronaut, count=1)
+    plain, tight = tmp_path / "plain", tmp_path / "tight"
+    assert main(["protect", str(album), "-o", str(plain), *FAST]) == 0
+    assert main(["protect", str(album), "-o", str(tight), *FAST, "--set", "dssim_budget=0.0005"]) == 0
+    name = "IMG_000_cloaked.jpg"
+    original = np.asarray(open_photo(album / "day2" / "IMG_000.jpg").rgb, dtype=np.float64)
+    change = {
+        label: np.abs(np.asarray(open_photo(folder / name).rgb, dtype=np.float64) - original).mean()
+        for label, folder in (("plain", plain), ("tight", tight))
+    }
+    assert change["tight"] < change["plain"], change
+    capsys.readouterr()
+    assert main(["protect", str(album), "-o", str(tmp_path / "x"), *FAST, "--set", "stepz=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown knob stepz" in err and "dssim_budget" in err
+    assert not (tmp_path / "x" / name).exists()
+
+
 def test_format_suffix_quality_and_metadata_options(tmp_path, astronaut):
     (source,) = make_album(tmp_path / "album", astronaut, count=1)
     out = tmp_path / "out"
