@@ -65,6 +65,13 @@ def run_tune_benchmark(args: argparse.Namespace) -> int:
         print(f"refusing to tune on the reporting evaluators: {', '.join(sorted(forbidden))}")
         return 2
     variants: dict[str, dict] = json.loads(args.variants)
+    configs = {}
+    for name, overrides in variants.items():
+        try:  # every variant checked before the first minute of work
+            configs[name] = with_overrides(preset(args.preset), overrides)
+        except ValueError as err:
+            print(f"variant {name}: {err}")
+            return 2
     ensemble = [load_model(n) for n in ensemble_names]
     judges = [load_model(n) for n in judge_names]
     manifest = load_manifest()
@@ -76,8 +83,8 @@ def run_tune_benchmark(args: argparse.Namespace) -> int:
             [{j.name: j(j.aligner(image, [face]))[0] for j in judges} for image, face in probes]
             for _, _, probes in data
         ]
-    for name, overrides in variants.items():
-        cloak = Cloak(ensemble, with_overrides(preset(args.preset), overrides))
+    for name, config in configs.items():
+        cloak = Cloak(ensemble, config)
         sims: dict[tuple[str, str], list[float]] = {(j.name, t.name): [] for j in judges for t in TUNING_TRANSFORMS}
         dssims, haarpsis, start = [], [], time.perf_counter()
         for (photo, face, _), references in zip(data, probe_embeddings, strict=True):

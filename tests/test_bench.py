@@ -56,6 +56,13 @@ def test_tune_benchmark_runs_on_tuning_judges(shared_data, capsys):
     assert main([*args, "--identities", "2", "--probes", "1", "--ensemble", "sface", "--judges", "mobileface"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("one-step")]
     assert len(rows) == 1 and "mobileface" in rows[0] and "jpegq75:" in rows[0]
+    haarpsi = float(rows[0].split("haarpsi ")[1].split()[0])
+    assert 0.5 < haarpsi < 1.0  # the attack changed the face, a little
+
+
+def test_tune_benchmark_refuses_an_unknown_knob_before_any_work(capsys):
+    assert main(["bench", "tune", '{"typo": {"stepz": 3}}', "--judges", "mobileface"]) == 2
+    assert "variant typo: unknown knob stepz" in capsys.readouterr().out
 
 
 def test_markdown_sections_are_replaced_in_place_and_appended(tmp_path):
