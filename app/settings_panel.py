@@ -237,7 +237,12 @@ class SettingsPanel(QWidget):
         self.expert.setChecked(boolean("run/expert", False))
         self.steps.setValue(int(s.value("run/steps", 0)))
         self.budget.setValue(float(s.value("run/dssim_budget", 0.0)))
-        chosen = s.value("run/ensemble", None, type=list) or list(self.roles.get("ensemble", []))
+        offered = list(self.ensemble_boxes)
+        chosen = s.value("run/ensemble", None, type=list) or offered
+        if not set(chosen) <= set(offered):
+            # saved against an older default ensemble (a model since replaced): that choice no longer means
+            # what the user picked, so start again from today's default
+            chosen = offered
         for name, box in self.ensemble_boxes.items():
             box.setChecked(name in chosen)
         self.blur.setChecked(boolean("run/blur", d.blur))

@@ -267,3 +267,17 @@ def test_settings_persist_between_runs(window, qapp):
     assert current.preset == "high" and current.suffix == "_safe" and current.strip_metadata
     window.save_window_state()
     assert panel.store.value("window/geometry") is not None
+
+
+def test_an_ensemble_saved_against_an_older_default_falls_back_to_todays(window, qapp):
+    from facecloak.app.settings_panel import SettingsPanel
+
+    panel = window.settings_panel
+    offered = list(panel.ensemble_boxes)
+    panel.store.setValue("run/ensemble", [offered[0], "a_model_no_longer_offered"])
+    stale = SettingsPanel(panel.store, window.manifest, window.roles, window.devices)
+    assert [n for n, b in stale.ensemble_boxes.items() if b.isChecked()] == offered
+    panel.store.setValue("run/ensemble", offered[:1])  # a real subset of today's models is kept
+    kept = SettingsPanel(panel.store, window.manifest, window.roles, window.devices)
+    assert [n for n, b in kept.ensemble_boxes.items() if b.isChecked()] == offered[:1]
+    panel.store.setValue("run/ensemble", offered)
