@@ -203,6 +203,12 @@ def face_region_bounds(face: Face, height: int, width: int, margin: float = 0.4)
     )
 
 
+def face_crops(face: Face, *photos: torch.Tensor, margin: float = 0.2) -> list[torch.Tensor]:
+    """The same face box (grown by ``margin``) cut from photos of one size: where face quality is measured."""
+    y0, y1, x0, x1 = face_region_bounds(face, *photos[0].shape[-2:], margin=margin)
+    return [photo[..., y0:y1, x0:x1] for photo in photos]
+
+
 def face_mask(
     face: Face, bounds: tuple[int, int, int, int], size: tuple[int, int], feather: float = 0.08
 ) -> torch.Tensor:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .attack import Cloak, face_region_bounds, preset
+from .attack import Cloak, face_crops, face_region_bounds, preset
 from .bench import BENCHMARKS_MD, machine_line, update_markdown_section
 from .detect import Face, FaceDetector
 from .device import configure_cpu_threads
@@ -155,10 +155,10 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
         seconds_per_face.append(time.perf_counter() - t0)
         protected = result.photo
         quality["face_dssim"].append(result.face_dssim[0])
-        y0, y1, x0, x1 = face_region_bounds(face, *photo.shape[-2:], margin=0.2)
-        quality["face_haarpsi"].append(float(haarpsi(protected[..., y0:y1, x0:x1], photo[..., y0:y1, x0:x1])[0]))
+        face_protected, face_clean = face_crops(face, protected, photo)
+        quality["face_haarpsi"].append(float(haarpsi(face_protected, face_clean)[0]))
         if lpips is not None:
-            quality["face_lpips"].append(float(lpips(protected[..., y0:y1, x0:x1], photo[..., y0:y1, x0:x1])[0]))
+            quality["face_lpips"].append(float(lpips(face_protected, face_clean)[0]))
         quality["ssim"].append(float(ssim(protected, photo)[0]))
         if args.crops is not None and len(kept) < 4:
             save_crop(args.crops / f"{args.preset}-{ident.name}.png", photo, protected, face)

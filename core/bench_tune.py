@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .attack import Cloak, face_region_bounds, preset, with_overrides
+from .attack import Cloak, face_crops, preset, with_overrides
 from .bench_protect import split_identities
 from .detect import FaceDetector
 from .device import configure_cpu_threads
@@ -93,8 +93,7 @@ def run_tune_benchmark(args: argparse.Namespace) -> int:
             dssims.append(result.face_dssim[0])
             # a second, independent quality measure: shaping the change to the DSSIM budget must not cost
             # perceived quality that DSSIM misses (same face box as bench protect)
-            y0, y1, x0, x1 = face_region_bounds(face, *photo.shape[-2:], margin=0.2)
-            haarpsis.append(float(haarpsi(result.photo[..., y0:y1, x0:x1], photo[..., y0:y1, x0:x1])[0]))
+            haarpsis.append(float(haarpsi(*face_crops(face, result.photo, photo))[0]))
             with torch.no_grad():
                 for judge in judges:
                     embeddings = degraded_embeddings(judge, result.photo, face, list(TUNING_TRANSFORMS))

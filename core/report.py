@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from PIL import Image, ImageDraw
 
-from .attack import face_region_bounds
+from .attack import face_crops, face_region_bounds
 from .detect import Face
 from .device import select_device
 from .perceptual import NOT_MEASURED, LPIPSMeasure, lpips_available
@@ -309,10 +309,10 @@ class ProtectionEvaluator:
                     )
                     for i, other in enumerate(others)
                 ]  # fmt: skip
-            y0, y1, x0, x1 = face_region_bounds(face, *hw, margin=0.2)
-            face_d = float(dssim(protected[..., y0:y1, x0:x1], clean[..., y0:y1, x0:x1])[0])
+            face_protected, face_clean = face_crops(face, protected, clean)
+            face_d = float(dssim(face_protected, face_clean)[0])
             if measure is not None:
-                face_lpips.append(float(measure(protected[..., y0:y1, x0:x1], clean[..., y0:y1, x0:x1])[0]))
+                face_lpips.append(float(measure(face_protected, face_clean)[0]))
             face_reports.append(FaceReport(face, cells, refs, face_d, anchors))
         quality = {
             "ssim": float(ssim(protected, clean)[0]),
