@@ -42,10 +42,10 @@ def default_judges() -> list[str]:
     return [roles["ensemble"][-1], *roles.get("tuning", [])]
 
 
-def _labelled_faces(root: Path, identities: int, probes: int) -> list[tuple[torch.Tensor, object, list]]:
+def _labelled_faces(root: Path, identities: int, probes: int, seed: int) -> list[tuple[torch.Tensor, object, list]]:
     detector, cache = FaceDetector(), DetectionCache()
     data = []
-    for ident in split_identities(root, identities, probes, seed=123):
+    for ident in split_identities(root, identities, probes, seed=seed):
         face = cache.get(ident.gallery, detector)
         found = [(load_image(p), cache.get(p, detector)) for p in ident.probes]
         found = [(image, f) for image, f in found if f is not None]
@@ -76,7 +76,7 @@ def run_tune_benchmark(args: argparse.Namespace) -> int:
     judges = [load_model(n) for n in judge_names]
     manifest = load_manifest()
     thresholds = {n: manifest[n].verification.threshold_far_1e3 for n in judge_names}
-    data = _labelled_faces(args.data, args.identities, args.probes)
+    data = _labelled_faces(args.data, args.identities, args.probes, args.sample_seed)
     print(f"{len(data)} faces from {args.data}; tuning ensemble {ensemble_names}; judges {judge_names}")
     with torch.no_grad():
         probe_embeddings = [
@@ -120,6 +120,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/lfw"))
     parser.add_argument("--identities", type=int, default=16)
     parser.add_argument("--probes", type=int, default=2)
+    parser.add_argument(
+        "--sample-seed", type=int, default=123, help="which identities (a second sample confirms a first)"
+    )
     parser.add_argument("--preset", default="mid", choices=["low", "mid", "high"])
     parser.add_argument("--ensemble", nargs="+", default=None, help="default: all surrogates but the last")
     parser.add_argument("--judges", nargs="+", default=None, help="default: the last surrogate and the tuning models")
