@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -22,15 +21,13 @@ import torch
 import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
 from kornia.geometry.transform import warp_affine
-from torch import nn
 
 from .align import ARCFACE_112, umeyama, warp_crops
 from .detect import Face
 from .perceptual import LPIPSMeasure, lpips_available
 from .quality import dssim
 from .transforms import RobustnessConfig, Transform, sample_transforms
-from .zoo.model import FaceModel, residual_branches
-from .zoo.tfjs_graph import TfjsGraph
+from .zoo.model import FaceModel
 
 # A face-aligned frame shared by every photo of an album: the ArcFace template at twice its size with a
 # margin, large enough to hold the whole face mask. Perturbations learnt on one photo warm-start the next.
@@ -47,7 +44,9 @@ class CloakConfig:
     # the step falls linearly over the steps to step_size * (1 - step_decay) (coarse moves first, fine ones
     # last); 0 = constant
     step_decay: float = 0.0
-    epsilon: float = 12 / 255  # L-infinity cap of the luminance change
+    # L-infinity cap of the luminance change; where texture allocation is on (native-size faces by default) it
+    # scales per pixel with the texture allowance, at most 3x
+    epsilon: float = 12 / 255
     chroma_epsilon: float = 3 / 255  # cap of the colour (chroma) change: no blotchy skin
     dssim_budget: float = 0.007  # face-region DSSIM the result must stay within
     quality_weight: float = 1.0  # weight of the perceptual gradient relative to the attack's
@@ -81,19 +80,6 @@ class CloakConfig:
     # size, the same settings cost HaarPSI (0.975 -> 0.969 on people/) for nothing (sixth session).
     native_gradient_sigma: float = 0.0
     native_texture_allocation: float = 1.0
-    # Share of every surrogate convolution's outputs dropped at random in each attack pass (DFANet, Zhong and
-    # Deng 2020); 0 = off. Each step then attacks a slightly different member of a family of models around
-    # each surrogate, so the change leans less on features peculiar to one network.
-    feature_dropout: float = 0.0
-    # Share of the gradient let through the surrogates' residual branches, the rest flowing through their skip
-    # connections (skip gradient method, Wu et al. 2020); 1 = plain back-propagation, > 1 favours the
-    # deep paths instead.
-    residual_gradient: float = 1.0
-    # Weight of a mid-level term: each surrogate's residual-branch feature map at relative depth
-    # ``feature_depth`` is pushed away from the clean face's (cosine), next to the embedding term; 0 = off.
-    # Mid-level features are shared more widely between networks than embeddings (ILA, FIA).
-    feature_weight: float = 0.0
-    feature_depth: float = 0.5
     # Albums: a face that matches one protected earlier in this session starts from that face's change
     # (carried in the canonical face frame) and runs only this share of the steps.
     warm_start: bool = True
@@ -106,12 +92,8 @@ class CloakConfig:
             raise ValueError("steps must be >= 0 and views_per_step >= 1")
         if not 0 < self.dssim_budget < 0.5:
             raise ValueError("dssim_budget must be in (0, 0.5)")
-        if not 0 <= self.feature_dropout < 1:
-            raise ValueError("feature_dropout must be in [0, 1)")
         if not 0 <= self.step_decay <= 1:
             raise ValueError("step_decay must be in [0, 1]")
-        if self.residual_gradient <= 0:
-            raise ValueError("residual_gradient must be > 0")
 
 
 PRESETS: dict[str, CloakConfig] = {
@@ -185,35 +167,6 @@ def parse_assignments(assignments: Sequence[str]) -> dict[str, object]:
     return changes
 
 
-@contextmanager
-def feature_dropout(network: nn.Module, rate: float, generator: torch.Generator) -> Iterator[None]:
-    """While active, every convolution of ``network`` drops a random share ``rate`` of its outputs
-    (the rest scaled by ``1 / (1 - rate)``), drawn from ``generator``."""
-    if rate <= 0:
-        yield
-        return
-
-    def drop(out: torch.Tensor) -> torch.Tensor:
-        keep = torch.rand(out.shape, generator=generator, device=out.device) >= rate
-        return out * keep.to(out.dtype) * (1 / (1 - rate))
-
-    graphs = [m for m in network.modules() if isinstance(m, TfjsGraph)]
-    hooks = [
-        m.register_forward_hook(lambda _module, _inputs, out: drop(out))
-        for m in network.modules()
-        if isinstance(m, nn.Conv2d)
-    ]
-    for graph in graphs:
-        graph.conv_output_hook = drop
-    try:
-        yield
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for graph in graphs:
-            graph.conv_output_hook = None
-
-
 def _step_size(config: CloakConfig, step: int, steps: int) -> float:
     if steps < 2:
         return config.step_size
@@ -229,63 +182,6 @@ def _focus_weights(similarities: Mapping[str, float], temperature: float) -> dic
     raw = {name: math.exp((sim - top) / temperature) for name, sim in similarities.items()}
     mean = sum(raw.values()) / len(raw)
     return {name: value / mean for name, value in raw.items()}
-
-
-def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """``x`` unchanged, with its gradient multiplied by ``factor`` on the way back."""
-    frozen = x.detach()
-    return frozen + factor * (x - frozen)
-
-
-@contextmanager
-def _on_residual_branches(network: nn.Module, hook: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """While active, every residual branch output of ``network`` passes through ``hook``."""
-    graphs = [m for m in network.modules() if isinstance(m, TfjsGraph)]
-    handles = [m.register_forward_hook(lambda _module, _inputs, out: hook(out)) for m in residual_branches(network)]
-    for graph in graphs:
-        graph.residual_branch_hooks.append(hook)
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        for graph in graphs:
-            graph.residual_branch_hooks.remove(hook)
-
-
-@contextmanager
-def skip_gradient(network: nn.Module, factor: float) -> Iterator[None]:
-    """While active, gradients through every residual branch of ``network`` are scaled by ``factor``;
-    outputs are unchanged."""
-    if factor == 1:
-        yield
-        return
-    with _on_residual_branches(network, lambda out: scale_gradient(out, factor)):
-        yield
-
-
-@contextmanager
-def residual_features(network: nn.Module, enabled: bool = True) -> Iterator[list[torch.Tensor]]:
-    """While active, the outputs of ``network``'s residual branches are appended, in order, to the list
-    yielded (empty when not ``enabled`` or the network has no skip connections)."""
-    captured: list[torch.Tensor] = []
-    if not enabled:
-        yield captured
-        return
-
-    def keep(out: torch.Tensor) -> torch.Tensor:
-        captured.append(out)
-        return out
-
-    with _on_residual_branches(network, keep):
-        yield captured
-
-
-def pick_feature(features: list[torch.Tensor], depth: float) -> torch.Tensor | None:
-    """The captured feature map at relative ``depth`` (0 first, 1 last), flattened to ``B,N`` float32."""
-    if not features:
-        return None
-    return features[round(depth * (len(features) - 1))].float().flatten(1)
 
 
 class CloakCancelled(RuntimeError):
@@ -329,7 +225,6 @@ class _FaceRegion:
     delta: torch.Tensor  # 1,3,h,w perturbation (working resolution)
     momentum: torch.Tensor
     clean_embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
-    clean_features: dict[str, torch.Tensor | None] = field(default_factory=dict)  # for feature_weight
     native: bool = False  # attacked at the photo's own resolution (not downscaled to the working size)
 
 
@@ -562,14 +457,11 @@ class Cloak:
             raise ValueError(f"expected a 1,3,H,W photo, got {tuple(photo.shape)}")
         rng = random.Random(config.seed)
         np_rng = np.random.default_rng(config.seed)
-        dropout_rng = torch.Generator(device=self.device).manual_seed(config.seed)
         regions = [self._region(photo, face) for face in faces]
         with torch.no_grad():
             for region in regions:
                 for model in self.models:
-                    with residual_features(model, config.feature_weight > 0) as features:
-                        region.clean_embeddings[model.name] = self._embed(model, region.clean, region)
-                    region.clean_features[model.name] = pick_feature(features, config.feature_depth)
+                    region.clean_embeddings[model.name] = self._embed(model, region.clean, region)
         if init is None and config.warm_start:
             init = [self.memory.lookup(r.clean_embeddings[self.models[0].name]) for r in regions]
         warm = bool(regions) and init is not None and all(x is not None for x in init[: len(regions)])
@@ -586,7 +478,7 @@ class Cloak:
             total_loss, sims, quality = 0.0, {m.name: 0.0 for m in self.models}, 0.0
             for region in regions:
                 shifts = self._jitter(np_rng, region, len(views))
-                loss, region_sims, region_dssim, grad = self._step_gradient(region, views, shifts, dropout_rng)
+                loss, region_sims, region_dssim, grad = self._step_gradient(region, views, shifts)
                 with torch.no_grad():
                     region.momentum = config.momentum * region.momentum + grad
                     step_direction = region.momentum.sign()
@@ -641,7 +533,6 @@ class Cloak:
         region: _FaceRegion,
         views: list[Transform],
         shifts: list[np.ndarray | None],
-        dropout_rng: torch.Generator,
     ) -> tuple[float, dict[str, float], float, torch.Tensor]:
         # masked means by multiply-and-sum: boolean indexing copies and was a tenth of the step's time
         inside = (region.mask > 0).to(region.delta.dtype)
@@ -671,28 +562,16 @@ class Cloak:
                     for image, shift in zip(views_in, shifts, strict=True)
                 ]
             )
-            with (
-                self._autocast(model),
-                feature_dropout(model, self.config.feature_dropout, dropout_rng),
-                skip_gradient(model, self.config.residual_gradient),
-                residual_features(model, self.config.feature_weight > 0) as features,
-            ):
+            with self._autocast(model):
                 embeddings = model(crops)
             model_sim = (embeddings.float() @ target[0].float()).mean()
             sims[model.name] = float(model_sim.detach())
-            objective = model_sim
-            clean_feature, feature = (
-                region.clean_features.get(model.name),
-                pick_feature(features, self.config.feature_depth),
-            )
-            if clean_feature is not None and feature is not None:
-                objective = objective + self.config.feature_weight * F.cosine_similarity(feature, clean_feature).mean()
             weight = emphasis.get(model.name, 1.0)
             attack += weight * sims[model.name] / len(self.models)
             # Each model's gradient is scaled to unit size on the face, every step: their raw sizes differ by
             # orders of magnitude, so a plain sum would be steered by one model (what LowKey's division by the
             # clean embedding norm is for). Scaled at the models' input, before the shared degradations.
-            grads = torch.autograd.grad(objective, views_in)
+            grads = torch.autograd.grad(model_sim, views_in)
             scale = (sum(mean_magnitude(g) for g in grads) / len(grads)).clamp_min(1e-12)
             per_model.append((model.name, weight / float(scale), grads))
         focus = _focus_weights(sims, self.config.focus_temperature)

@@ -14,12 +14,8 @@ from facecloak.core.attack import (
     _step_size,
     face_mask,
     face_region_bounds,
-    feature_dropout,
     parse_assignments,
-    pick_feature,
     preset,
-    residual_features,
-    skip_gradient,
     texture_allowance,
     with_overrides,
 )
@@ -304,95 +300,6 @@ def test_expert_overrides_are_typed_and_unknown_knobs_refused():
     ):
         with pytest.raises(ValueError, match=message):
             with_overrides(preset("mid"), parse_assignments(bad))
-
-
-def test_feature_dropout_perturbs_the_network_only_while_active(surrogate, astronaut_photo, astronaut_faces):
-    crops = surrogate.aligner(astronaut_photo, astronaut_faces)
-    with torch.no_grad():
-        clean = surrogate(crops)
-        with feature_dropout(surrogate, 0.02, torch.Generator().manual_seed(1)):
-            dropped = surrogate(crops)
-        with feature_dropout(surrogate, 0.02, torch.Generator().manual_seed(1)):
-            again = surrogate(crops)
-        after = surrogate(crops)
-    assert float((clean * dropped).sum()) < 0.99  # the graph interpreter's convolutions were reached
-    assert torch.equal(dropped, again)  # the generator alone decides what is dropped
-    assert torch.equal(after, clean)  # nothing stays behind
-
-
-def test_feature_dropout_reaches_plain_convolutions():
-    network = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.Flatten())
-    x = torch.rand(1, 3, 8, 8)
-    with torch.no_grad():
-        clean = network(x)
-        with feature_dropout(network, 0.25, torch.Generator().manual_seed(0)):
-            dropped = network(x)
-    zeroed = float((dropped == 0).float().mean())
-    assert 0.15 < zeroed < 0.35
-    kept = dropped != 0
-    assert torch.allclose(dropped[kept], clean[kept] / 0.75)
-    assert torch.equal(network(x), clean)
-
-
-@pytest.fixture(scope="module")
-def residual():
-    """A graph-interpreted MobileFaceNet with skip connections."""
-    status = cache_status(load_manifest()["faceplugin_mbf"])
-    if not status.ready:
-        pytest.skip(f"faceplugin_mbf not converted: {status.message}")
-    return load_model("faceplugin_mbf")
-
-
-def test_skip_gradient_reshapes_only_the_gradient(residual, astronaut_photo, astronaut_faces):
-    crops = residual.aligner(astronaut_photo, astronaut_faces).requires_grad_(True)
-
-    def embedding_and_gradient() -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = residual(crops)
-        (gradient,) = torch.autograd.grad(embedding[0, :8].sum(), crops)
-        return embedding.detach(), gradient
-
-    clean, plain = embedding_and_gradient()
-    with skip_gradient(residual, 0.3):
-        same, skipped = embedding_and_gradient()
-    after, restored = embedding_and_gradient()
-    assert torch.equal(same, clean)  # the forward pass is untouched
-    # the graph's residual adds were reached: less gradient, in another direction
-    assert float(skipped.abs().mean()) < 0.9 * float(plain.abs().mean())
-    assert float(torch.nn.functional.cosine_similarity(plain.flatten(), skipped.flatten(), dim=0)) < 0.99
-    assert torch.equal(after, clean) and torch.equal(restored, plain)
-
-
-def test_residual_branches_are_found_in_module_networks():
-    from facenet_pytorch import InceptionResnetV1
-
-    from facecloak.core.zoo.facesdk_mbf import FaceSDKMobileFaceNet
-    from facecloak.core.zoo.model import residual_branches
-
-    assert len(residual_branches(InceptionResnetV1(pretrained=None))) == 5 + 10 + 5 + 1  # Block35/17/8 repeats
-    mobile = FaceSDKMobileFaceNet()
-    branches = residual_branches(mobile)
-    assert branches and all(
-        b is m.conv
-        for b, m in zip(branches, [m for m in mobile.modules() if getattr(m, "residual", False)], strict=True)
-    )
-
-
-def test_residual_features_capture_every_skip_connection_in_order(residual, astronaut_photo, astronaut_faces):
-    from facecloak.core.zoo.faceplugin_mbf import LISTING
-
-    crops = residual.aligner(astronaut_photo, astronaut_faces)
-    with torch.no_grad():
-        clean = residual(crops)
-        with residual_features(residual) as features:
-            same = residual(crops)
-        with residual_features(residual, enabled=False) as nothing:
-            residual(crops)
-    adds = [line for line in LISTING.splitlines() if " = Add %" in line]
-    assert len(features) == len(adds) and not nothing
-    assert torch.equal(same, clean)
-    assert features[0].shape[-1] > features[-1].shape[-1]  # shallow maps first
-    middle = pick_feature(features, 0.5)
-    assert middle.shape == (1, features[len(features) // 2].numel()) and middle.dtype == torch.float32
 
 
 def test_focus_gives_the_models_that_still_match_more_say():

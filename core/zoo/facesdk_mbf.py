@@ -58,9 +58,6 @@ class _InvertedResidual(nn.Module):
             nn.BatchNorm2d(cout),
         )
 
-    def residual_branch(self) -> nn.Module | None:
-        return self.conv if self.residual else None
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv(x) if self.residual else self.conv(x)
 

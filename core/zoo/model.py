@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from facenet_pytorch.models.inception_resnet_v1 import Block8, Block17, Block35
 from torch import nn
 
 from ..align import Alignment, FaceAligner
@@ -65,19 +64,3 @@ class FaceModel(nn.Module):
         if self.channels_last:
             crops = crops.contiguous(memory_format=torch.channels_last)
         return F.normalize(self.network(crops), dim=-1)
-
-
-def residual_branches(network: nn.Module) -> list[nn.Module]:
-    """The modules of ``network`` whose outputs are added to a skip connection.
-
-    FaceNet's Inception-ResNet blocks add their last convolution to the block's input; our own modules
-    name their branch with a ``residual_branch()`` method. Graph-interpreted networks
-    (:class:`~.tfjs_graph.TfjsGraph`) expose theirs through ``residual_branch_hooks`` instead.
-    """
-    found = []
-    for module in network.modules():
-        if isinstance(module, (Block35, Block17, Block8)):
-            found.append(module.conv2d)
-        elif callable(getattr(module, "residual_branch", None)) and (branch := module.residual_branch()) is not None:
-            found.append(branch)
-    return found

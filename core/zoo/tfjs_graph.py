@@ -306,12 +306,6 @@ class TfjsGraph(nn.Module):
     def __init__(self, listing: str, scale: float = 1.0, offset: float = 0.0, bgr: bool = False) -> None:
         super().__init__()
         self.scale, self.offset, self.bgr = scale, offset, bgr
-        # applied to every convolution's output when set (the attack's feature dropout); plain
-        # nn.Conv2d networks get the same through forward hooks
-        self.conv_output_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
-        # applied in order to the residual branch of every skip connection (an Add of two computed 4-D
-        # values: the later one is the branch, the earlier the identity)
-        self.residual_branch_hooks: list[Callable[[torch.Tensor], torch.Tensor]] = []
         rows = [line.split() for line in listing.strip().splitlines()]
         if rows[0][0] != "input":
             raise ValueError("a listing starts with its input shape")
@@ -353,17 +347,6 @@ class TfjsGraph(nn.Module):
         if kind in _UNARY:
             fn = _UNARY[kind]
             return lambda values: fn(get(values, args[0]))
-        if kind in ("Add", "AddV2") and all(a.startswith("%") for a in args):
-            identity, branch = sorted(args, key=lambda token: int(token[1:]))
-
-            def residual_add(values: list[torch.Tensor]) -> torch.Tensor:
-                x, y = get(values, identity), get(values, branch)
-                if x.dim() == 4 and x.shape == y.shape:
-                    for hook in self.residual_branch_hooks:
-                        y = hook(y)
-                return x + y
-
-            return residual_add
         if kind in _BINARY:
             fn2 = _BINARY[kind]
             return lambda values: fn2(*_broadcastable(get(values, args[0]), get(values, args[1])))
@@ -428,8 +411,6 @@ class TfjsGraph(nn.Module):
                     x = F.pad(x, (left, right, top, bottom))
             bias = extras[0] if fused else None
             out = F.conv2d(x, weight, bias, stride, pad, dilation, groups)
-            if self.conv_output_hook is not None:
-                out = self.conv_output_hook(out)
             return self._fused(out, fused[1:], extras[1:])
 
         return conv
