@@ -225,7 +225,11 @@ class _FaceRegion:
     delta: torch.Tensor  # 1,3,h,w perturbation (working resolution)
     momentum: torch.Tensor
     clean_embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
-    native: bool = False  # attacked at the photo's own resolution (not downscaled to the working size)
+
+    @property
+    def native(self) -> bool:
+        """Attacked at the photo's own resolution (not downscaled to the working size)."""
+        return tuple(self.clean.shape[-2:]) == (self.y1 - self.y0, self.x1 - self.x0)
 
 
 def face_region_bounds(face: Face, height: int, width: int, margin: float = 0.4) -> tuple[int, int, int, int]:
@@ -427,7 +431,7 @@ class Cloak:
         power = config.native_texture_allocation if native else config.texture_allocation
         allowance = texture_allowance(clean, mask, power)
         zeros = torch.zeros_like(clean)
-        return _FaceRegion(face, y0, y1, x0, x1, clean, mask, allowance, to_photo, zeros, zeros.clone(), native=native)
+        return _FaceRegion(face, y0, y1, x0, x1, clean, mask, allowance, to_photo, zeros, zeros.clone())
 
     def _matrices(self, model: FaceModel, region: _FaceRegion, shift: np.ndarray | None) -> torch.Tensor:
         landmarks = region.face.landmark_array()
@@ -529,10 +533,7 @@ class Cloak:
         return [rng.normal(0, amount * eye_distance, size=(5, 2)) for _ in range(count)]
 
     def _step_gradient(
-        self,
-        region: _FaceRegion,
-        views: list[Transform],
-        shifts: list[np.ndarray | None],
+        self, region: _FaceRegion, views: list[Transform], shifts: list[np.ndarray | None]
     ) -> tuple[float, dict[str, float], float, torch.Tensor]:
         # masked means by multiply-and-sum: boolean indexing copies and was a tenth of the step's time
         inside = (region.mask > 0).to(region.delta.dtype)
