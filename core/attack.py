@@ -62,7 +62,7 @@ class CloakConfig:
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     work_face_size: int = 160
     # MI-FGSM momentum on the normalised gradient; 0 = plain sign steps. With 15 steps under a DSSIM
-    # projection, plain steps were about 2 points better on held-out judges at equal HaarPSI, on three
+    # projection, plain steps were about 2 points better on the tuning judges at equal HaarPSI, on three
     # samples of identities (docs/BENCHMARKS.md, sixth session).
     momentum: float = 0.0
     # Gaussian smoothing of the attack gradient (TI-FGSM, Dong et al. 2019), sigma in working pixels; 0 = off.
