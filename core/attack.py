@@ -81,9 +81,12 @@ class CloakConfig:
     native_gradient_sigma: float = 0.0
     native_texture_allocation: float = 1.0
     # Albums: a face that matches one protected earlier in this session starts from that face's change
-    # (carried in the canonical face frame) and runs only this share of the steps.
+    # (carried in the canonical face frame) and runs at least this share of the steps ...
     warm_start: bool = True
     warm_start_step_share: float = 0.5
+    # ... and, when this is on, goes on (up to all the steps) until the ensemble's similarity is down to what
+    # the earlier face reached: the time saved never comes out of the protection.
+    warm_start_until_matched: bool = True
     bfloat16: bool = True  # mixed precision for the surrogate models on CPUs with native bf16
     seed: int = 0
 
@@ -372,15 +375,22 @@ class AlbumMemory:
         self.entries: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def lookup(self, embedding: torch.Tensor) -> torch.Tensor | None:
+        found = self.lookup_with_similarity(embedding)
+        return found[0] if found else None
+
+    def lookup_with_similarity(self, embedding: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+        """The change of the closest remembered face of the same person, and the ensemble similarity that
+        face's attack ended at."""
         best, best_sim = None, self.threshold
-        for key, change in self.entries:
+        for key, change, reached in self.entries:
             sim = float(key.flatten() @ embedding.flatten().to(key))
             if sim >= best_sim:
-                best, best_sim = change, sim
+                best, best_sim = (change, reached), sim
         return best
 
-    def remember(self, embedding: torch.Tensor, change: torch.Tensor) -> None:
-        self.entries.append((embedding.detach().flatten().float().cpu(), change))
+    def remember(self, embedding: torch.Tensor, change: torch.Tensor, reached: float = -1.0) -> None:
+        """``reached``: the ensemble's mean similarity on the attack's last step (-1: no target to match)."""
+        self.entries.append((embedding.detach().flatten().float().cpu(), change, reached))
         del self.entries[: -self.capacity]
 
     def clear(self) -> None:
@@ -466,23 +476,30 @@ class Cloak:
             for region in regions:
                 for model in self.models:
                     region.clean_embeddings[model.name] = self._embed(model, region.clean, region)
+        targets: list[float] = []  # per face: the similarity its album neighbour's attack reached
         if init is None and config.warm_start:
-            init = [self.memory.lookup(r.clean_embeddings[self.models[0].name]) for r in regions]
+            found = [self.memory.lookup_with_similarity(r.clean_embeddings[self.models[0].name]) for r in regions]
+            init = [f[0] if f else None for f in found]
+            targets = [f[1] for f in found if f]
         warm = bool(regions) and init is not None and all(x is not None for x in init[: len(regions)])
+        adaptive = warm and config.warm_start_until_matched and len(targets) == len(regions)
         for i, region in enumerate(regions):
             if init is not None and i < len(init) and init[i] is not None:
                 start = self._from_canonical(init[i].to(self.device, region.clean.dtype), region)
                 region.delta = _project(start, region.clean, config, region.allowance)
-        steps = max(1, round(config.steps * config.warm_start_step_share)) if warm else config.steps
+        least = max(1, round(config.steps * config.warm_start_step_share)) if warm else config.steps
+        steps = config.steps if adaptive else least
+        reached = [1.0] * len(regions)
         history: list[StepMetrics] = []
         for step in range(steps if regions else 0):
             if should_cancel is not None and should_cancel():
                 raise CloakCancelled("cancelled")
             views = sample_transforms(rng, config.views_per_step, config.robustness)
             total_loss, sims, quality = 0.0, {m.name: 0.0 for m in self.models}, 0.0
-            for region in regions:
+            for i, region in enumerate(regions):
                 shifts = self._jitter(np_rng, region, len(views))
                 loss, region_sims, region_dssim, grad = self._step_gradient(region, views, shifts)
+                reached[i] = sum(region_sims.values()) / len(region_sims)
                 with torch.no_grad():
                     region.momentum = config.momentum * region.momentum + grad
                     step_direction = region.momentum.sign()
@@ -497,11 +514,13 @@ class Cloak:
             history.append(StepMetrics(step + 1, total_loss, sims, quality / len(regions)))
             if progress is not None:
                 progress(step + 1, steps, total_loss)
+            if adaptive and step + 1 >= least and all(r <= t for r, t in zip(reached, targets, strict=True)):
+                break
         protected, face_dssim = self._compose(photo, regions)
         canonical = [self._to_canonical(r.delta.detach() * r.mask, r).cpu() for r in regions]
         if config.warm_start:
-            for region, change in zip(regions, canonical, strict=True):
-                self.memory.remember(region.clean_embeddings[self.models[0].name], change)
+            for region, change, final in zip(regions, canonical, reached, strict=True):
+                self.memory.remember(region.clean_embeddings[self.models[0].name], change, final)
         return CloakResult(protected, list(faces), history, face_dssim, canonical, warm_started=warm)
 
     def _canonical_matrix(self, region: _FaceRegion) -> np.ndarray:

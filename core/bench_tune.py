@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .attack import Cloak, face_crops, preset, with_overrides
 from .bench_protect import split_identities
-from .detect import FaceDetector
+from .detect import Face, FaceDetector
 from .device import configure_cpu_threads
 from .image import load_image
 from .quality import haarpsi
@@ -42,17 +43,27 @@ def default_judges() -> list[str]:
     return [roles["ensemble"][-1], *roles.get("tuning", [])]
 
 
-def _labelled_faces(root: Path, identities: int, probes: int, seed: int) -> list[tuple[torch.Tensor, object, list]]:
+@dataclass
+class _TuningFace:
+    photo: Path  # protected in turn
+    face: Face
+    references: list[tuple[Path, Face]]  # clean photos of the same person
+
+
+def _tuning_faces(root: Path, identities: int, probes: int, seed: int, every_photo: bool) -> list[_TuningFace]:
+    """A seeded sample of identities: one photo each is protected (or, with ``every_photo``, each photo in
+    turn), compared with up to ``probes`` other photos of the same person."""
     detector, cache = FaceDetector(), DetectionCache()
-    data = []
-    for ident in split_identities(root, identities, probes, seed=seed):
-        face = cache.get(ident.gallery, detector)
-        found = [(load_image(p), cache.get(p, detector)) for p in ident.probes]
-        found = [(image, f) for image, f in found if f is not None]
-        if face is not None and found:
-            data.append((load_image(ident.gallery), face, found))
+    faces = []
+    for ident in split_identities(root, identities, probes=10**6 if every_photo else probes, seed=seed):
+        photos = [ident.gallery, *ident.probes]
+        found = {p: f for p in photos if (f := cache.get(p, detector)) is not None}
+        for photo in photos if every_photo else photos[:1]:
+            references = [(p, found[p]) for p in photos if p != photo and p in found][:probes]
+            if photo in found and references:
+                faces.append(_TuningFace(photo, found[photo], references))
     cache.save()
-    return data
+    return faces
 
 
 def run_tune_benchmark(args: argparse.Namespace) -> int:
@@ -76,18 +87,20 @@ def run_tune_benchmark(args: argparse.Namespace) -> int:
     judges = [load_model(n) for n in judge_names]
     manifest = load_manifest()
     thresholds = {n: manifest[n].verification.threshold_far_1e3 for n in judge_names}
-    data = _labelled_faces(args.data, args.identities, args.probes, args.sample_seed)
+    data = _tuning_faces(args.data, args.identities, args.probes, args.sample_seed, args.every_photo)
     print(f"{len(data)} faces from {args.data}; tuning ensemble {ensemble_names}; judges {judge_names}")
+    # clean embeddings of every reference photo, each photo read once (12 MP photos are 150 MB as tensors)
+    clean: dict[Path, dict[str, torch.Tensor]] = {}
     with torch.no_grad():
-        probe_embeddings = [
-            [{j.name: j(j.aligner(image, [face]))[0] for j in judges} for image, face in probes]
-            for _, _, probes in data
-        ]
+        for path, face in dict(r for item in data for r in item.references).items():
+            image = load_image(path)
+            clean[path] = {j.name: j(j.aligner(image, [face]))[0] for j in judges}
     for name, config in configs.items():
         cloak = Cloak(ensemble, config)
         sims: dict[tuple[str, str], list[float]] = {(j.name, t.name): [] for j in judges for t in TUNING_TRANSFORMS}
         dssims, haarpsis, start = [], [], time.perf_counter()
-        for (photo, face, _), references in zip(data, probe_embeddings, strict=True):
+        for item in data:
+            photo, face, references = load_image(item.photo), item.face, [clean[p] for p, _ in item.references]
             cloak.memory.clear()  # every face from cold: warm starts would mix variants' effects
             result = cloak(photo, [face])
             dssims.append(result.face_dssim[0])
@@ -122,6 +135,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probes", type=int, default=2)
     parser.add_argument(
         "--sample-seed", type=int, default=123, help="which identities (a second sample confirms a first)"
+    )
+    parser.add_argument(
+        "--every-photo",
+        action="store_true",
+        help="protect each photo of a chosen identity in turn (more faces from few identities, e.g. people/)",
     )
     parser.add_argument("--preset", default="mid", choices=["low", "mid", "high"])
     parser.add_argument("--ensemble", nargs="+", default=None, help="default: all surrogates but the last")

@@ -141,7 +141,7 @@ def test_presets_order_their_budgets():
 
 
 def test_album_warm_start_reuses_the_change_for_the_same_person(surrogate, astronaut_photo, astronaut_faces):
-    cloak = Cloak([surrogate], small_config(steps=6))
+    cloak = Cloak([surrogate], small_config(steps=6, warm_start_until_matched=False))
     first = cloak(astronaut_photo, astronaut_faces)
     assert not first.warm_started and len(first.steps) == 6
     # the same person again (here: the same photo shifted by a few pixels, as a burst shot would be)
@@ -156,6 +156,32 @@ def test_album_warm_start_reuses_the_change_for_the_same_person(surrogate, astro
     # the warm start carries the protection: it is at least as strong after half the steps
     assert second.steps[0].similarity[SURROGATE] < first.steps[0].similarity[SURROGATE]
     assert float((clean * protected).sum()) < 0.7
+
+
+def test_warm_start_goes_on_until_it_matches_the_album_standard(surrogate, astronaut_photo, astronaut_faces):
+    """A warm start runs at least its share of the steps, then stops once the ensemble's similarity is down to
+    what the album's earlier face reached; never more than all the steps."""
+    from facecloak.core.detect import FaceDetector
+
+    shifted = torch.roll(astronaut_photo, shifts=(3, -4), dims=(-2, -1))
+    shifted_faces = FaceDetector().detect(shifted)
+    cloak = Cloak([surrogate], small_config(steps=6))
+    first = cloak(astronaut_photo, astronaut_faces)
+    key, change, reached = cloak.memory.entries[0]
+    assert reached == pytest.approx(first.steps[-1].similarity[SURROGATE])
+
+    def warm_steps(standard: float) -> list:
+        cloak.memory.entries[:] = [(key, change, standard)]
+        result = cloak(shifted, shifted_faces)
+        assert result.warm_started
+        return result.steps
+
+    assert len(warm_steps(1.0)) == 3  # already matched: the minimum share
+    assert len(warm_steps(-1.0)) == 6  # out of reach: every step
+    steps = warm_steps(reached)
+    assert 3 <= len(steps) <= 6
+    assert steps[-1].similarity[SURROGATE] <= reached or len(steps) == 6
+    assert all(s.similarity[SURROGATE] > reached for s in steps[2:-1])  # it stopped at the first match
 
 
 def test_no_warm_start_across_different_people(surrogate, astronaut_photo, astronaut_faces):

@@ -60,6 +60,19 @@ def test_tune_benchmark_runs_on_tuning_judges(shared_data, capsys):
     assert 0.5 < haarpsi < 1.0  # the attack changed the face, a little
 
 
+def test_tune_sample_protects_every_photo_in_turn_when_asked(shared_data):
+    from facecloak.core.bench_tune import _tuning_faces
+
+    one = _tuning_faces(shared_data / "lfw", 2, probes=2, seed=5, every_photo=False)
+    every = _tuning_faces(shared_data / "lfw", 2, probes=2, seed=5, every_photo=True)
+    assert len(one) == 2 and len(every) > 2
+    assert {item.photo for item in one} <= {item.photo for item in every}
+    for item in every:
+        references = [path for path, _ in item.references]
+        assert item.photo not in references and 1 <= len(references) <= 2
+        assert {path.parent for path in references} == {item.photo.parent}  # same person, other photos
+
+
 def test_tune_benchmark_refuses_an_unknown_knob_before_any_work(capsys):
     assert main(["bench", "tune", '{"typo": {"stepz": 3}}', "--judges", "mobileface"]) == 2
     assert "variant typo: unknown knob stepz" in capsys.readouterr().out
