@@ -372,13 +372,9 @@ class AlbumMemory:
         # less well: warm starts only save time, they never replace the optimisation)
         self.threshold = verification.threshold_far_1e3 if verification else 0.5
         self.capacity = capacity
-        self.entries: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.entries: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # key, change, similarity reached
 
-    def lookup(self, embedding: torch.Tensor) -> torch.Tensor | None:
-        found = self.lookup_with_similarity(embedding)
-        return found[0] if found else None
-
-    def lookup_with_similarity(self, embedding: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+    def lookup(self, embedding: torch.Tensor) -> tuple[torch.Tensor, float] | None:
         """The change of the closest remembered face of the same person, and the ensemble similarity that
         face's attack ended at."""
         best, best_sim = None, self.threshold
@@ -388,8 +384,8 @@ class AlbumMemory:
                 best, best_sim = (change, reached), sim
         return best
 
-    def remember(self, embedding: torch.Tensor, change: torch.Tensor, reached: float = -1.0) -> None:
-        """``reached``: the ensemble's mean similarity on the attack's last step (-1: no target to match)."""
+    def remember(self, embedding: torch.Tensor, change: torch.Tensor, reached: float) -> None:
+        """``reached``: the ensemble's mean similarity on the attack's last step."""
         self.entries.append((embedding.detach().flatten().float().cpu(), change, reached))
         del self.entries[: -self.capacity]
 
@@ -478,7 +474,7 @@ class Cloak:
                     region.clean_embeddings[model.name] = self._embed(model, region.clean, region)
         targets: list[float] = []  # per face: the similarity its album neighbour's attack reached
         if init is None and config.warm_start:
-            found = [self.memory.lookup_with_similarity(r.clean_embeddings[self.models[0].name]) for r in regions]
+            found = [self.memory.lookup(r.clean_embeddings[self.models[0].name]) for r in regions]
             init = [f[0] if f else None for f in found]
             targets = [f[1] for f in found if f]
         warm = bool(regions) and init is not None and all(x is not None for x in init[: len(regions)])
