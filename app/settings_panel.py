@@ -94,8 +94,10 @@ class SettingsPanel(QWidget):
         ens_layout.setContentsMargins(0, 0, 0, 0)
         for name in roles.get("ensemble", []):
             spec = models.get(name)
-            box = QCheckBox(spec.display_name if spec else name)
-            box.setToolTip(f"{name}: attack this model (held-out models are kept for the report)")
+            full = spec.display_name if spec else name
+            # the name without its parenthesised provenance, so six rows fit the panel; the tooltip has it all
+            box = QCheckBox(full.split(" (")[0])
+            box.setToolTip(f"{full} [{name}]: attack this model (held-out models are kept for the report)")
             self.ensemble_boxes[name] = box
             ens_layout.addWidget(box)
         eform.addRow("Ensemble", ens)

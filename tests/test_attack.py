@@ -351,13 +351,32 @@ def test_native_size_faces_get_their_own_smoothing_and_allocation(surrogate, ast
     large face (here the same photo at 3x) is downscaled and gets gradient_sigma and texture_allocation."""
     face = astronaut_faces[0]
     assert max(face.width, face.height) <= CloakConfig().work_face_size
-    large_photo = torch.nn.functional.interpolate(astronaut_photo, scale_factor=3, mode="bilinear")
-    large_face = Face(
-        box=tuple(3 * v for v in face.box), score=face.score, landmarks=tuple((3 * x, 3 * y) for x, y in face.landmarks)
-    )
+    large_photo, large_face = enlarged(astronaut_photo, face, 3)
     cloak = Cloak([surrogate], small_config(native_texture_allocation=1.0, texture_allocation=0.0))
     small, large = cloak._region(astronaut_photo, face), cloak._region(large_photo, large_face)
     assert small.native and not large.native
     assert small.clean.shape[-2:] == astronaut_photo[..., small.y0 : small.y1, small.x0 : small.x1].shape[-2:]
     assert float(small.allowance.std()) > 0.1  # shaped by the face's texture
     assert torch.all(large.allowance == 1)  # uniform
+
+
+def enlarged(photo: torch.Tensor, face: Face, factor: int) -> tuple[torch.Tensor, Face]:
+    """The photo upscaled ``factor`` times and its face moved with it: a face larger than the working size."""
+    large = torch.nn.functional.interpolate(photo, scale_factor=factor, mode="bilinear")
+    box = tuple(factor * v for v in face.box)
+    return large, Face(box=box, score=face.score, landmarks=tuple((factor * x, factor * y) for x, y in face.landmarks))
+
+
+@pytest.mark.parametrize("factor", [1.0, 2.0])
+def test_large_faces_get_the_upsampled_budget_on_their_working_copy(
+    surrogate, astronaut_photo, astronaut_faces, factor
+):
+    """A downscaled face's working copy may spend ``upsampled_budget_factor`` times the budget; at the photo's
+    own resolution the face still stays within ``dssim_budget``."""
+    photo, face = enlarged(astronaut_photo, astronaut_faces[0], 3)
+    config = small_config(steps=4, dssim_budget=0.002, upsampled_budget_factor=factor)
+    result = Cloak([surrogate], config)(photo, [face])
+    working = [m.dssim for m in result.steps[1:]]  # each step records the DSSIM its update started from
+    assert max(working) <= 1.02 * factor * 0.002
+    assert max(working) > 0.9 * factor * 0.002  # the budget binds, so the factor is what lets it grow
+    assert 0 < result.face_dssim[0] <= 0.002
