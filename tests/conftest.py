@@ -67,3 +67,23 @@ def model_sources():
             pytest.skip(f"source package for {name} unavailable: {err}")
 
     return get
+
+
+@pytest.fixture(scope="session")
+def batch_and_gradient_check():
+    """``check(network, batch, size, dim, atol)``: ``network`` maps ``batch`` random ``size`` x ``size`` crops to
+    ``dim``-d outputs, passes finite non-zero gradients back to the crops, and treats each face of a batch on its
+    own (the last face alone gives the same output within ``atol``). Returns the crops' gradient."""
+
+    def check(network, batch: int, size: int, dim: int, atol: float) -> torch.Tensor:
+        crops = torch.rand(batch, 3, size, size, requires_grad=True)
+        out = network(crops)
+        assert out.shape == (batch, dim)
+        out.square().sum().backward()
+        assert torch.isfinite(crops.grad).all() and crops.grad.abs().sum() > 0
+        with torch.no_grad():
+            alone = network(crops[-1:].detach())
+        assert torch.allclose(out[-1:].detach(), alone, atol=atol)
+        return crops.grad
+
+    return check

@@ -40,16 +40,8 @@ def test_a_listing_of_another_topology_is_refused(model_sources):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_any_batch_and_gradients(network, batch):
-    crops = torch.rand(batch, 3, 112, 112, requires_grad=True)
-    out = network(crops)
-    assert out.shape == (batch, 192)
-    out.square().sum().backward()
-    assert torch.isfinite(crops.grad).all() and crops.grad.abs().sum() > 0
-    # each face's embedding depends on that face only (no batch coupling)
-    with torch.no_grad():
-        alone = network(crops[-1:].detach())
-    assert torch.allclose(out[-1:].detach(), alone, atol=1e-4)
+def test_any_batch_and_gradients(network, batch, batch_and_gradient_check):
+    batch_and_gradient_check(network, batch, 112, 192, atol=1e-4)
 
 
 def test_conversion_fills_the_architecture_and_loads(model_sources, tmp_path, monkeypatch):

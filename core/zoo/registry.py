@@ -42,6 +42,7 @@ CONVERTERS: dict[str, tuple[str, int]] = {
     "facesdk_mbf": ("facesdk_mbf", 1),
     "faceplugin_mbf": ("faceplugin_mbf", 1),
     "expo_mbf": ("expo_mbf", 1),
+    "edgeface_s": ("edgeface", 1),
 }
 
 
