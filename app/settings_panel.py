@@ -95,7 +95,7 @@ class SettingsPanel(QWidget):
         for name in roles.get("ensemble", []):
             spec = models.get(name)
             full = spec.display_name if spec else name
-            # the name without its parenthesised provenance, so six rows fit the panel; the tooltip has it all
+            # the name without its parenthesised provenance, so the rows fit the panel; the tooltip has it all
             box = QCheckBox(full.split(" (")[0])
             box.setToolTip(f"{full} [{name}]: attack this model (held-out models are kept for the report)")
             self.ensemble_boxes[name] = box

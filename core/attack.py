@@ -231,6 +231,7 @@ class _FaceRegion:
     clean: torch.Tensor  # 1,3,h,w working copy of the region
     mask: torch.Tensor  # 1,1,h,w feathered face mask
     allowance: torch.Tensor  # 1,1,h,w per-pixel scale of the step and luminance cap (mean 1 on the face)
+    budget: float  # face DSSIM the working copy may reach (_compose holds dssim_budget at the photo's resolution)
     to_photo: np.ndarray  # 3x3: working pixel -> photo pixel (pixel centres)
     delta: torch.Tensor  # 1,3,h,w perturbation (working resolution)
     momentum: torch.Tensor
@@ -443,8 +444,9 @@ class Cloak:
         config = self.config
         power = config.native_texture_allocation if native else config.texture_allocation
         allowance = texture_allowance(clean, mask, power)
+        budget = config.dssim_budget * (1.0 if native else config.upsampled_budget_factor)
         zeros = torch.zeros_like(clean)
-        return _FaceRegion(face, y0, y1, x0, x1, clean, mask, allowance, to_photo, zeros, zeros.clone())
+        return _FaceRegion(face, y0, y1, x0, x1, clean, mask, allowance, budget, to_photo, zeros, zeros.clone())
 
     def _matrices(self, model: FaceModel, region: _FaceRegion, shift: np.ndarray | None) -> torch.Tensor:
         landmarks = region.face.landmark_array()
@@ -475,8 +477,6 @@ class Cloak:
         rng = random.Random(config.seed)
         np_rng = np.random.default_rng(config.seed)
         regions = [self._region(photo, face) for face in faces]
-        # the working copy's budget; _compose holds dssim_budget itself at the photo's resolution
-        budgets = [config.dssim_budget * (1.0 if r.native else config.upsampled_budget_factor) for r in regions]
         with torch.no_grad():
             for region in regions:
                 for model in self.models:
@@ -510,7 +510,7 @@ class Cloak:
                     step_direction = region.momentum.sign()
                     step_change = _step_size(config, step, steps) * region.allowance * step_direction
                     region.delta = _project(region.delta - step_change, region.clean, config, region.allowance)
-                    gamma, _ = _budget_scale(region.delta * region.mask, region.clean, region.mask, budgets[i])
+                    gamma, _ = _budget_scale(region.delta * region.mask, region.clean, region.mask, region.budget)
                     region.delta = region.delta * gamma
                 total_loss += loss
                 quality += region_dssim
