@@ -25,7 +25,7 @@ from kornia.geometry.transform import warp_affine
 from .align import ARCFACE_112, umeyama, warp_crops
 from .detect import Face
 from .perceptual import LPIPSMeasure, lpips_available
-from .quality import dssim
+from .quality import DSSIMTo
 from .transforms import RobustnessConfig, Transform, sample_transforms
 from .zoo.model import FaceModel
 
@@ -232,6 +232,7 @@ class _FaceRegion:
     mask: torch.Tensor  # 1,1,h,w feathered face mask
     allowance: torch.Tensor  # 1,1,h,w per-pixel scale of the step and luminance cap (mean 1 on the face)
     budget: float  # face DSSIM the working copy may reach (_compose holds dssim_budget at the photo's resolution)
+    to_clean: DSSIMTo  # face DSSIM of a candidate working copy against the clean one
     to_photo: np.ndarray  # 3x3: working pixel -> photo pixel (pixel centres)
     delta: torch.Tensor  # 1,3,h,w perturbation (working resolution)
     momentum: torch.Tensor
@@ -328,27 +329,28 @@ def _fit_in_range(clean: torch.Tensor, luma: torch.Tensor, chroma: torch.Tensor)
     bright or dark skin, exactly the blotches the chroma cap exists to prevent.
     """
     base = clean + chroma
-    low = (-base).amax(dim=1, keepdim=True)
-    high = (1 - base).amin(dim=1, keepdim=True)
-    luma = torch.maximum(torch.minimum(luma, high), low)
-    return (clean + luma + chroma).clamp(0, 1) - clean
+    # in place where the tensors are our own: this runs on megapixel face regions
+    low = base.amin(dim=1, keepdim=True).neg_()
+    high = base.amax(dim=1, keepdim=True).neg_().add_(1)
+    luma = luma.clamp(max=high).clamp_(min=low)
+    return base.add_(luma).clamp_(0, 1).sub_(clean)
 
 
 def _budget_scale(
-    change: torch.Tensor, clean: torch.Tensor, weight: torch.Tensor, budget: float, quantise: bool = False
+    change: torch.Tensor, clean: torch.Tensor, to_clean: DSSIMTo, budget: float, quantise: bool = False
 ) -> tuple[float, float]:
     """Largest ``gamma <= 1`` (within 2% of the budget) with face DSSIM of ``clean + gamma * change`` within
-    ``budget``; and that DSSIM.
+    ``budget`` (measured by ``to_clean``, built on ``clean`` and the face's weight); and that DSSIM.
 
     DSSIM of a small change grows about as ``gamma**2``, so the search interpolates in ``gamma**2`` between
     the closest values under and over the budget: two or three measures instead of a bisection's eight.
     """
 
     def measure(gamma: float) -> float:
-        x = (clean + gamma * change).clamp(0, 1)
+        x = change.mul(gamma).add_(clean).clamp_(0, 1)
         if quantise:
-            x = torch.round(x * 255) / 255
-        return float(dssim(x, clean, weight=weight)[0])
+            x = x.mul_(255).round_().div_(255)
+        return float(to_clean(x)[0])
 
     value = measure(1.0)
     if value <= budget:
@@ -446,7 +448,10 @@ class Cloak:
         allowance = texture_allowance(clean, mask, power)
         budget = config.dssim_budget * (1.0 if native else config.upsampled_budget_factor)
         zeros = torch.zeros_like(clean)
-        return _FaceRegion(face, y0, y1, x0, x1, clean, mask, allowance, budget, to_photo, zeros, zeros.clone())
+        to_clean = DSSIMTo(clean, mask)
+        return _FaceRegion(
+            face, y0, y1, x0, x1, clean, mask, allowance, budget, to_clean, to_photo, zeros, zeros.clone()
+        )
 
     def _matrices(self, model: FaceModel, region: _FaceRegion, shift: np.ndarray | None) -> torch.Tensor:
         landmarks = region.face.landmark_array()
@@ -510,7 +515,7 @@ class Cloak:
                     step_direction = region.momentum.sign()
                     step_change = _step_size(config, step, steps) * region.allowance * step_direction
                     region.delta = _project(region.delta - step_change, region.clean, config, region.allowance)
-                    gamma, _ = _budget_scale(region.delta * region.mask, region.clean, region.mask, region.budget)
+                    gamma, _ = _budget_scale(region.delta * region.mask, region.clean, region.to_clean, region.budget)
                     region.delta = region.delta * gamma
                 total_loss += loss
                 quality += region_dssim
@@ -608,7 +613,7 @@ class Cloak:
         if sigma > 0:
             k = 2 * math.ceil(3 * sigma) + 1
             attack_grad = gaussian_blur2d(attack_grad, (k, k), (sigma, sigma)) * region.mask
-        quality = dssim(protected, region.clean, weight=region.mask).sum()
+        quality = region.to_clean(protected).sum()
         (quality_grad,) = torch.autograd.grad(quality, delta, retain_graph=self.lpips is not None)
         # the attack and perceptual gradients are also unit-scaled, so their weights mean the same thing
         # whatever the models and the photo
@@ -631,8 +636,8 @@ class Cloak:
             size = (region.y1 - region.y0, region.x1 - region.x0)
             change, mask = region.delta.detach() * region.mask, region.mask
             if change.shape[-2:] != size:
-                change = F.interpolate(change, size=size, mode="bilinear", align_corners=False)
-                mask = F.interpolate(mask, size=size, mode="bilinear", align_corners=False)
+                both = F.interpolate(torch.cat([change, mask], dim=1), size=size, mode="bilinear", align_corners=False)
+                change, mask = both[:, :3], both[:, 3:]
             rows = torch.nonzero(mask[0, 0].amax(dim=1) > 0).flatten()
             cols = torch.nonzero(mask[0, 0].amax(dim=0) > 0).flatten()
             if len(rows) == 0:
@@ -644,10 +649,11 @@ class Cloak:
             change = change[..., r0:r1, c0:c1].to(out.device, out.dtype)
             mask = mask[..., r0:r1, c0:c1].to(out.device, out.dtype)
             y0, x0 = region.y0 + r0, region.x0 + c0
-            clean = out[..., y0 : y0 + (r1 - r0), x0 : x0 + (c1 - c0)]
+            clean = out[..., y0 : y0 + (r1 - r0), x0 : x0 + (c1 - c0)].contiguous()
             luma = change.mean(dim=1, keepdim=True)
             change = _fit_in_range(clean, luma, change - luma)
-            gamma, value = _budget_scale(change, clean, mask, self.config.dssim_budget, quantise=True)
+            to_clean = DSSIMTo(clean, mask)
+            gamma, value = _budget_scale(change, clean, to_clean, self.config.dssim_budget, quantise=True)
             changed = torch.round((clean + gamma * change).clamp(0, 1) * 255) / 255
             out[..., y0 : y0 + (r1 - r0), x0 : x0 + (c1 - c0)] = changed
             budgets.append(value)

@@ -8,22 +8,35 @@ from kornia.color import rgb_to_grayscale
 from kornia.filters import gaussian_blur2d
 
 
+def _blur(x: torch.Tensor, window: int, sigma: float) -> torch.Tensor:
+    return gaussian_blur2d(x, (window, window), (sigma, sigma), border_type="reflect", separable=True)
+
+
 def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Per-pixel SSIM (Wang et al. 2004, gaussian window, reflected borders, like kornia's padding="same").
 
     Separable filtering: the same numbers as ``kornia.metrics.ssim`` at a fraction of its cost on
     megapixel face regions.
     """
+    mu_b = _blur(b, window, sigma)
+    return _ssim_against(a, b, mu_b, _blur(b * b, window, sigma) - mu_b**2, window, sigma)
+
+
+def _ssim_against(
+    a: torch.Tensor, b: torch.Tensor, mu_b: torch.Tensor, var_b: torch.Tensor, window: int, sigma: float
+) -> torch.Tensor:
     c1, c2 = 0.01**2, 0.03**2
-
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        return gaussian_blur2d(x, (window, window), (sigma, sigma), border_type="reflect", separable=True)
-
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
+    mu_a = _blur(a, window, sigma)
+    var_a = _blur(a * a, window, sigma) - mu_a**2
+    cov = _blur(a * b, window, sigma) - mu_a * mu_b
     return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+
+
+def _weighted_dssim(smap: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    d = (1 - smap) / 2
+    if weight is None:
+        return d.mean(dim=(1, 2, 3))
+    return (d * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3)).clamp_min(1e-8)
 
 
 def dssim(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None, window: int = 11) -> torch.Tensor:
@@ -31,11 +44,26 @@ def dssim(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None, 
 
     Differentiable; Fawkes quotes its budgets (0.004 / 0.012 / 0.017) in this measure.
     """
-    smap = ssim_map(rgb_to_grayscale(a), rgb_to_grayscale(b), window)
-    d = (1 - smap) / 2
-    if weight is None:
-        return d.mean(dim=(1, 2, 3))
-    return (d * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3)).clamp_min(1e-8)
+    return _weighted_dssim(ssim_map(rgb_to_grayscale(a), rgb_to_grayscale(b), window), weight)
+
+
+class DSSIMTo:
+    """:func:`dssim` of many candidates against one fixed ``reference``: the reference's luminance, local
+    mean and variance are computed once (searching for the largest change within a budget measures the
+    same face several times, at up to megapixels)."""
+
+    def __init__(
+        self, reference: torch.Tensor, weight: torch.Tensor | None = None, window: int = 11, sigma: float = 1.5
+    ) -> None:
+        self.luma = rgb_to_grayscale(reference)
+        self.mean = _blur(self.luma, window, sigma)
+        self.variance = _blur(self.luma * self.luma, window, sigma) - self.mean**2
+        self.weight, self.window, self.sigma = weight, window, sigma
+
+    def __call__(self, candidate: torch.Tensor) -> torch.Tensor:
+        luma = rgb_to_grayscale(candidate)
+        smap = _ssim_against(luma, self.luma, self.mean, self.variance, self.window, self.sigma)
+        return _weighted_dssim(smap, self.weight)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from facecloak.core.attack import (
     with_overrides,
 )
 from facecloak.core.detect import Face
-from facecloak.core.quality import dssim
+from facecloak.core.quality import DSSIMTo, dssim
 from facecloak.core.transforms import RobustnessConfig
 from facecloak.core.zoo.manifest import load_manifest
 from facecloak.core.zoo.registry import cache_status, load_model
@@ -95,13 +95,13 @@ def test_budget_search_lands_just_under_the_budget(astronaut_photo, quantise):
     clean = astronaut_photo[..., 100:228, 160:288]
     change = 0.08 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(clean[:, :1])
-    gamma, value = _budget_scale(change, clean, mask, 0.005, quantise=quantise)
+    gamma, value = _budget_scale(change, clean, DSSIMTo(clean, mask), 0.005, quantise=quantise)
     assert 0 < gamma < 1
     assert 0.97 * 0.005 <= value <= 0.005
     x = (clean + gamma * change).clamp(0, 1)
     x = torch.round(x * 255) / 255 if quantise else x
     assert float(dssim(x, clean, weight=mask)[0]) == pytest.approx(value)
-    assert _budget_scale(0.1 * change, clean, mask, 0.5)[0] == 1.0  # under budget: left alone
+    assert _budget_scale(0.1 * change, clean, DSSIMTo(clean, mask), 0.5)[0] == 1.0  # under budget: left alone
 
 
 def test_same_seed_same_result_other_seed_other_result(surrogate, astronaut_photo, astronaut_faces):
@@ -202,6 +202,20 @@ def test_separable_ssim_matches_kornia():
     a = torch.rand(1, 1, 64, 80, generator=generator)
     b = (a + 0.05 * torch.randn(a.shape, generator=generator)).clamp(0, 1)
     assert torch.allclose(ssim_map(a, b), kornia_ssim(a, b, 11, padding="same"), atol=1e-5)
+
+
+def test_dssim_to_a_fixed_reference_matches_dssim_value_and_gradient(astronaut_photo):
+    clean = astronaut_photo[..., 100:228, 160:288]
+    generator = torch.Generator().manual_seed(1)
+    mask = torch.rand(clean[:, :1].shape, generator=generator)
+    candidate = (clean + 0.03 * torch.randn(clean.shape, generator=generator)).clamp(0, 1).requires_grad_(True)
+    direct = dssim(candidate, clean, weight=mask)
+    cached = DSSIMTo(clean, mask)(candidate)
+    assert float(direct) > 1e-3
+    assert torch.allclose(cached, direct, rtol=1e-5)
+    (g_direct,) = torch.autograd.grad(direct.sum(), candidate)
+    (g_cached,) = torch.autograd.grad(cached.sum(), candidate)
+    assert torch.allclose(g_cached, g_direct, rtol=1e-4, atol=1e-9)
 
 
 def test_gradient_smoothing_makes_the_change_smoother(surrogate, astronaut_photo, astronaut_faces):

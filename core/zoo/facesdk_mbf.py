@@ -20,6 +20,7 @@ from torch import nn
 from ..align import ARCFACE_112, TemplateAlignment
 
 ALIGNMENT = TemplateAlignment((112, 112), ARCFACE_112)
+FOLD_BATCH_NORMS = True
 _MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, applied to the BGR crop as the package does
 _STD = (0.229, 0.224, 0.225)
 # (expansion, output channels, repeats, first stride) of the inverted-residual stages

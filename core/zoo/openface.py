@@ -35,6 +35,7 @@ OPENFACE_96 = (
     (66.7598, 60.8777),
 )
 ALIGNMENT = TemplateAlignment((96, 96), OPENFACE_96)
+FOLD_BATCH_NORMS = True
 
 # Ops of the forward walk: ("conv", keras_conv_name, in, out, kernel, stride),
 # ("pad", before, after) on both spatial axes, ("max" | "avg", size, stride).

@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 from ..align import ARCFACE_112, TemplateAlignment
+from .layers import PReLU
 from .onnx_listing import run_onnxruntime
 
 # OpenCV's FaceRecognizerSF.alignCrop warps the five landmarks onto InsightFace's 112x112 template.
 ALIGNMENT = TemplateAlignment((112, 112), ARCFACE_112)
+FOLD_BATCH_NORMS = True
 
 # (ONNX layer prefix, input channels, output channels, kernel, stride, depthwise)
 _UNITS: list[tuple[str, int, int, int, int, bool]] = [("conv_1", 3, 32, 3, 1, False)]
@@ -45,7 +47,7 @@ class ConvUnit(nn.Module):
         groups = cin if depthwise else 1
         self.conv = nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(cout, eps=_BN_EPS_UNITS)
-        self.prelu = nn.PReLU(cout)
+        self.prelu = PReLU(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.prelu(self.bn(self.conv(x)))

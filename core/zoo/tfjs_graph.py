@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import prelu
+
 _CONVS = {"Conv2D", "_FusedConv2D", "DepthwiseConv2dNative", "FusedDepthwiseConv2dNative"}
 _MATMULS = {"MatMul", "_FusedMatMul"}
 _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -424,8 +426,7 @@ class TfjsGraph(nn.Module):
             elif op == "Relu6":
                 x = torch.clamp(x, 0.0, 6.0)
             elif op == "Prelu":
-                # the native op: half the time of a torch.where, forward and backward
-                x = F.prelu(x, args[0].reshape(-1))
+                x = prelu(x, args[0].reshape(-1))
         return x
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
