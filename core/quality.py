@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from kornia.color import rgb_to_grayscale
-from kornia.filters import gaussian_blur2d
+
+from .filters import gaussian_blur
 
 
 def _blur(x: torch.Tensor, window: int, sigma: float) -> torch.Tensor:
-    return gaussian_blur2d(x, (window, window), (sigma, sigma), border_type="reflect", separable=True)
+    return gaussian_blur(x, window, sigma, border_type="reflect")
 
 
 def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:

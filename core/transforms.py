@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from kornia.enhance import jpeg_codec_differentiable
 from PIL import Image
 
+from .filters import gaussian_blur
+
 KINDS = ("identity", "gaussian", "median", "box", "motion", "jpeg", "resize")
 
 
@@ -68,7 +70,7 @@ def apply_transform(images: torch.Tensor, t: Transform, differentiable: bool = T
         return images
     if t.kind == "gaussian":
         sigma = t.sigma or _sigma_for(t.kernel)
-        return KF.gaussian_blur2d(images, (t.kernel, t.kernel), (sigma, sigma))
+        return gaussian_blur(images, t.kernel, sigma)
     if t.kind == "median":
         if differentiable:
             return median_blur_8bit(images, t.kernel)
