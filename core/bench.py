@@ -54,9 +54,12 @@ def update_markdown_section(path: Path, key: str, body: str) -> None:
         os.replace(tmp, path)
 
 
-def machine_line() -> str:
+def machine_line(threads: bool = True) -> str:
+    """``threads=False`` for tables whose numbers do not depend on the thread count and may be re-rendered by
+    another process (the LFW table, rebuilt from the manifest)."""
     cpu = platform.processor() or platform.machine()
-    return f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+    line = f"{cpu}, torch {torch.__version__}"
+    return f"{line}, {torch.get_num_threads()} thread(s)" if threads else line
 
 
 def _ready_models(names: list[str] | None) -> list[str]:
@@ -140,10 +143,10 @@ def lfw_table(manifest: dict) -> str:
     lines = [
         "## LFW verification of the model zoo",
         "",
-        f"Machine: {machine_line()}. MTCNN detection, the face nearest the centre of each LFW photo, each model's",
-        "own alignment. Same-person pairs: LFW `pairs.txt` pairs whose photos are in `lfw/`; different-person pairs:",
-        "random cross-identity pairs of the same photos. Accuracy is 10-fold cross-validated on balanced pairs;",
-        "thresholds are cosine similarities. Each row names the command that measured it.",
+        f"Machine: {machine_line(threads=False)}. MTCNN detection, the face nearest the centre of each LFW photo,",
+        "each model's own alignment. Same-person pairs: LFW `pairs.txt` pairs whose photos are in `lfw/`;",
+        "different-person pairs: random cross-identity pairs of the same photos. Accuracy is 10-fold cross-validated",
+        "on balanced pairs; thresholds are cosine similarities. Each row names the command that measured it.",
         "",
         "| model | LFW accuracy | reference | AUC | thr @ FAR 1e-2 | thr @ FAR 1e-3 | TAR @ FAR 1e-3 "
         "| pairs same / diff | command |",
