@@ -272,6 +272,20 @@ def test_model_emphasis_scales_that_models_say(surrogate, astronaut_photo, astro
     assert stressed.steps[0].similarity == plain.steps[0].similarity
 
 
+def test_model_views_limits_the_views_a_model_sees(surrogate, astronaut_photo, astronaut_faces):
+    batches: list[int] = []
+    hook = surrogate.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        for views in ({}, {SURROGATE: 1}):
+            config = small_config(steps=2, views_per_step=2, model_views=views)
+            result = Cloak([surrogate], config)(astronaut_photo, astronaut_faces)
+            assert result.steps[-1].similarity[SURROGATE] < 1.0
+    finally:
+        hook.remove()
+    # one clean embedding, then a batch per step: both views, then only the first
+    assert batches == [1, 2, 2, 1, 1, 1]
+
+
 def test_every_ensemble_model_is_attacked_not_just_the_loudest(surrogate, astronaut_photo, astronaut_faces):
     """Gradient sizes differ by orders of magnitude between models; each one's is scaled every step, so a
     two-model ensemble lowers both similarities."""
