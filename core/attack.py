@@ -59,7 +59,7 @@ class CloakConfig:
     # How many of each step's views a named ensemble model sees (the first n; the others see all), its say in the
     # step kept. The two Inception-ResNet FaceNets are half the surrogates' time; seeing one degradation per step
     # instead of two, facenet_casia left the tuning judges where they were (74.6% vs 74.5% on LFW, 60.9% vs 60.4%
-    # on people/, equal HaarPSI; ninth session) and the attack ~10% faster per FaceNet.
+    # on people/, equal HaarPSI; ninth session); with both FaceNets on one view `mid` took 7.4-7.5 s, not 10.0-10.7 s.
     model_views: dict[str, int] = field(default_factory=lambda: {"facenet_casia": 1, "facenet_vggface2": 1})
     # 0 = every surrogate has an equal say each step; T > 0: the say grows as exp(cosine / T) (mean 1), so the
     # surrogates that still recognise the face get more of the step.
