@@ -592,11 +592,11 @@ class Cloak:
         for model in self.models:
             target = region.clean_embeddings[model.name]
             seen = max(1, min(len(views_in), self.config.model_views.get(model.name, len(views_in))))
-            model_views = views_in[:seen]
+            seen_views = views_in[:seen]
             crops = torch.cat(
                 [
                     warp_crops(image, self._matrices(model, region, shift), model.input_size)
-                    for image, shift in zip(model_views, shifts[:seen], strict=True)
+                    for image, shift in zip(seen_views, shifts[:seen], strict=True)
                 ]
             )
             with self._autocast(model):
@@ -608,7 +608,7 @@ class Cloak:
             # Each model's gradient is scaled to unit size on the face, every step: their raw sizes differ by
             # orders of magnitude, so a plain sum would be steered by one model (what LowKey's division by the
             # clean embedding norm is for). Scaled at the models' input, before the shared degradations.
-            grads = torch.autograd.grad(model_sim, model_views)
+            grads = torch.autograd.grad(model_sim, seen_views)
             scale = (sum(mean_magnitude(g) for g in grads) / len(grads)).clamp_min(1e-12)
             # a model that sees fewer views keeps its say in the step
             per_model.append((model.name, weight * len(views_in) / seen / float(scale), grads))
