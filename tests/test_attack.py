@@ -204,18 +204,25 @@ def test_separable_ssim_matches_kornia():
     assert torch.allclose(ssim_map(a, b), kornia_ssim(a, b, 11, padding="same"), atol=1e-5)
 
 
-def test_dssim_to_a_fixed_reference_matches_dssim_value_and_gradient(astronaut_photo):
-    clean = astronaut_photo[..., 100:228, 160:288]
+def test_dssim_to_a_fixed_reference_matches_kornia_value_and_gradient(astronaut_photo):
+    from kornia.color import rgb_to_grayscale
+    from kornia.metrics import ssim as kornia_ssim
+
+    # float64: in float32 the two sum the windows in different orders (SSIM maps differ by up to 3e-4 here)
+    clean = astronaut_photo[..., 100:228, 160:288].double()
     generator = torch.Generator().manual_seed(1)
-    mask = torch.rand(clean[:, :1].shape, generator=generator)
-    candidate = (clean + 0.03 * torch.randn(clean.shape, generator=generator)).clamp(0, 1).requires_grad_(True)
-    direct = dssim(candidate, clean, weight=mask)
+    mask = torch.rand(clean[:, :1].shape, generator=generator, dtype=torch.float64)
+    noise = torch.randn(clean.shape, generator=generator, dtype=torch.float64)
+    candidate = (clean + 0.03 * noise).clamp(0, 1).requires_grad_(True)
+    smap = kornia_ssim(rgb_to_grayscale(candidate), rgb_to_grayscale(clean), 11, padding="same")
+    direct = ((1 - smap) / 2 * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3))
     cached = DSSIMTo(clean, mask)(candidate)
+    assert torch.allclose(dssim(candidate, clean, weight=mask), cached)
     assert float(direct) > 1e-3
     assert torch.allclose(cached, direct, rtol=1e-5)
     (g_direct,) = torch.autograd.grad(direct.sum(), candidate)
     (g_cached,) = torch.autograd.grad(cached.sum(), candidate)
-    assert torch.allclose(g_cached, g_direct, rtol=1e-4, atol=1e-9)
+    assert torch.allclose(g_cached, g_direct, rtol=1e-4, atol=1e-7)  # gradients up to 1.4e-3 here
 
 
 def test_gradient_smoothing_makes_the_change_smoother(surrogate, astronaut_photo, astronaut_faces):
