@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from facecloak.core.export import ExportOptions, export_protected, export_target
+from facecloak.core.export import TEMP_MARK, ExportOptions, export_protected, export_target
+from facecloak.core.files import replace_atomically
 
 from .model import RunSettings
 
@@ -40,12 +39,4 @@ def copy_atomic(existing: Path, target: Path, overwrite: bool = False) -> None:
     """Copy an already written protected file to ``target`` without ever leaving a half-written file."""
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target.name} exists (not overwritten)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".part", dir=target.parent)
-    os.close(handle)
-    try:
-        shutil.copyfile(existing, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_atomically(target, lambda tmp: shutil.copyfile(existing, tmp), prefix=TEMP_MARK)

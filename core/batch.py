@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -21,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .export import UMASK, ExportOptions, export_target, remove_stale_temp_files
+from .export import ExportOptions, export_target, remove_stale_temp_files
+from .files import replace_atomically
 from .image import display_name
 
 if TYPE_CHECKING:
@@ -101,18 +101,14 @@ class BatchSettings:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Temp file + rename, so a kill at any moment leaves the old or the new file, never half of one."""
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with contextlib.suppress(OSError):
-            os.fchmod(handle, 0o666 & ~UMASK)
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as stream:
             json.dump(data, stream, indent=1, sort_keys=True)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+
+    replace_atomically(path, write)
 
 
 class Journal:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .files import UMASK
 from .image import FORMAT_OF_SUFFIX, HEIF_SUPPORTED, SourcePhoto, display_name, fmt_name, open_photo, tensor_to_uint8
 
 DEFAULT_JPEG_QUALITY = 92
@@ -38,9 +39,6 @@ _KEEP_EXIF_IFD = (0x9003, 0x9004, 0x9010, 0x9011)  # DateTimeOriginal, DateTimeD
 
 _SUFFIX_OF_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp", "HEIF": ".heic"}
 TEMP_MARK = ".facecloak-"  # in every temp file name, so a batch can clean up after a killed run
-# Read once: mkstemp makes 0600 files, and a photo should get the user's usual permissions.
-UMASK = os.umask(0o022)
-os.umask(UMASK)
 
 
 class ExportError(RuntimeError):

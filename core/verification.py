@@ -7,9 +7,9 @@ threshold rests on tens of thousands of impostor pairs rather than a few hundred
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .detect import Face, FaceDetector
+from .files import replace_atomically
 from .image import load_image
 from .zoo.cache import cache_root
 from .zoo.model import FaceModel
@@ -78,10 +79,11 @@ class DetectionCache:
         return Face.from_dict(entry) if entry else None
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".part")
-        tmp.write_text(json.dumps(self._entries))
-        os.replace(tmp, self.path)
+        """Write the cache, keeping what other processes (benchmarks run side by side) saved meanwhile."""
+        entries = dict(self._entries)
+        with contextlib.suppress(OSError, ValueError):
+            entries = {**json.loads(self.path.read_text()), **entries}
+        replace_atomically(self.path, lambda tmp: tmp.write_text(json.dumps(entries)))
 
 
 @torch.no_grad()

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..files import replace_atomically
+
 
 def cache_root() -> Path:
     """``FACECLOAK_CACHE`` if set, else the platform's user cache directory for facecloak."""
@@ -25,12 +27,8 @@ def weights_path(name: str) -> Path:
 
 def save_weights(name: str, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
     """Write atomically, so an interrupted conversion never leaves a half file that looks complete."""
-    path = weights_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    return replace_atomically(weights_path(name), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_weights(name: str) -> dict[str, torch.Tensor]:

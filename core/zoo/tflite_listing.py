@@ -1,10 +1,10 @@
 """Float TFLite face-recognition graphs as listings for the graph interpreter of :mod:`.tfjs_graph`.
 
 A float32 ``.tflite`` file of a plain convolutional network (CONV_2D, DEPTHWISE_CONV_2D, element-wise
-RELU/ABS/ADD/SUB/MUL, PRELU and a final RESHAPE that flattens) is written in the listing grammar of the
-TensorFlow.js graphs, so one interpreter runs all of them and each converter embeds its topology the same
-way. TFLite is NHWC like TF.js; weights are stored OHWI (convolutions) and ``1,H,W,C*M`` (depthwise) and are
-transposed here to torch's layouts. Two things are settled at conversion:
+RELU/ABS/ADD/SUB/MUL, PRELU, spatial PAD, MEAN, a RESHAPE that flattens, FULLY_CONNECTED) is written in the
+listing grammar of the TensorFlow.js graphs, so one interpreter runs all of them and each converter embeds its
+topology the same way. TFLite is NHWC like TF.js; weights are stored OHWI (convolutions) and ``1,H,W,C*M``
+(depthwise) and are transposed here to torch's layouts. Two things are settled at conversion:
 
 - a TFLite file declares a fixed batch size (often 1 or 2); the listing drops it, and the final reshape
   becomes ``shape=-1,N``, so the torch module takes any batch;
@@ -95,18 +95,22 @@ def _read_op(model, op) -> _Op:
     readers = {
         "CONV_2D": tflite.Conv2DOptions, "DEPTHWISE_CONV_2D": tflite.DepthwiseConv2DOptions,
         "ADD": tflite.AddOptions, "SUB": tflite.SubOptions, "MUL": tflite.MulOptions,
+        "FULLY_CONNECTED": tflite.FullyConnectedOptions, "MEAN": tflite.ReducerOptions,
     }  # fmt: skip
     if kind in readers and table is not None:
         reader = readers[kind]()
         reader.Init(table.Bytes, table.Pos)
-        options["activation"] = reader.FusedActivationFunction()
+        if kind == "MEAN":
+            options["keep"] = int(bool(reader.KeepDims()))
+        else:
+            options["activation"] = reader.FusedActivationFunction()
         if kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             options["stride"] = (reader.StrideH(), reader.StrideW())
             options["dilation"] = (reader.DilationHFactor(), reader.DilationWFactor())
             options["padding"] = "SAME" if reader.Padding() == tflite.Padding.SAME else "VALID"
         if kind == "DEPTHWISE_CONV_2D":
             options["multiplier"] = reader.DepthMultiplier()
-    elif kind not in ("RELU", "RELU6", "ABS", "PRELU", "RESHAPE"):
+    elif kind not in ("RELU", "RELU6", "ABS", "PRELU", "RESHAPE", "PAD", "MEAN"):
         raise ValueError(f"TFLite op {kind} is not supported")
     return _Op(kind, inputs, outputs, options)
 
@@ -206,6 +210,22 @@ def _conv(writer: _Writer, op: _Op, fused: set[int]) -> None:
     writer.emit(f"{layout} {' '.join(tokens)} {attrs}", output)
 
 
+def _fully_connected(writer: _Writer, op: _Op) -> None:
+    graph = writer.graph
+    if len(graph.shapes[op.inputs[0]]) != 2:
+        raise ValueError("FULLY_CONNECTED on a tensor that is not (batch, features) is not supported")
+    weight = graph.constants[op.inputs[1]].T  # TFLite stores (out, in); the listing multiplies x @ W
+    tokens = [writer.alias[op.inputs[0]], writer.const(weight)]
+    activations = _activation(op)
+    if len(op.inputs) > 2 and op.inputs[2] >= 0:
+        tokens.append(writer.const(graph.constants[op.inputs[2]]))
+        activations = ["BiasAdd", *activations]
+    elif activations:
+        raise ValueError("FULLY_CONNECTED with an activation but no bias is not supported")
+    fused = f" f={','.join(activations)}" if activations else ""
+    writer.emit(f"matmul {' '.join(tokens)}{fused}", op.outputs[0])
+
+
 def derive_tflite_listing(path: Path) -> tuple[str, dict[str, np.ndarray]]:
     """``(listing, state)`` of the float TFLite graph in ``path``; refuses ops outside the supported set."""
     graph = _Graph(path)
@@ -226,6 +246,18 @@ def derive_tflite_listing(path: Path) -> tuple[str, dict[str, np.ndarray]]:
             writer.emit(f"{_ELEMENTWISE[op.kind]} {a} {b}", op.outputs[0])
         elif op.kind == "PRELU":
             raise ValueError("a PRELU that does not follow a convolution is not supported")
+        elif op.kind == "PAD":
+            pads = graph.constants[op.inputs[1]]
+            if pads.shape != (4, 2) or pads[0].any() or pads[3].any():
+                raise ValueError("only spatial padding of NHWC tensors is supported")
+            pads_text = ",".join(str(int(v)) for v in pads[1:3].reshape(-1))
+            writer.emit(f"Pad {writer.alias[op.inputs[0]]} pads={pads_text}", op.outputs[0])
+        elif op.kind == "MEAN":
+            axes = ",".join(str(int(v)) for v in graph.constants[op.inputs[1]].reshape(-1))
+            keep = op.options.get("keep", 0)
+            writer.emit(f"Mean {writer.alias[op.inputs[0]]} axes={axes} keep={keep}", op.outputs[0])
+        elif op.kind == "FULLY_CONNECTED":
+            _fully_connected(writer, op)
         elif op.kind == "RESHAPE":
             out_shape = graph.shapes[op.outputs[0]]
             if len(out_shape) != 2 or out_shape[0] != batch:
@@ -233,7 +265,7 @@ def derive_tflite_listing(path: Path) -> tuple[str, dict[str, np.ndarray]]:
             writer.emit(f"Reshape {writer.alias[op.inputs[0]]} shape=-1,{out_shape[1]}", op.outputs[0])
     if writer.alias.get(graph.output) != f"%{len(writer.lines)}":
         raise ValueError("the graph's output is not its last op")
-    consts = [f"const {k} {'x'.join(map(str, v.shape))}" for k, v in writer.state.items()]
+    consts = [f"const {k} {'x'.join(map(str, v.shape)) or '-'}" for k, v in writer.state.items()]
     return "\n".join([f"input {','.join(map(str, hwc))}", *consts, *writer.lines]), writer.state
 
 
