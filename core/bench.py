@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -15,8 +15,55 @@ from pathlib import Path
 import torch
 
 from .device import configure_cpu_threads
+from .files import replace_atomically
 
 BENCHMARKS_MD = Path("docs/BENCHMARKS.md")
+
+
+_SPEED_ROW = re.compile(r"^\| (\w+) \| (\d+x\d+) \| (\d+) \| (\d+) \| \d+ \|$")
+
+
+def model_speed_table(rows: list[tuple[str, str, float, float]], repeats: int, subset: bool) -> str:
+    """The model-speed section; a run on some models (``subset``) keeps the other models' rows already there and
+    names both commands."""
+    command = f"`facecloak {' '.join(sys.argv[1:])}` ({machine_line()}); median of {repeats} runs"
+    header = f"Command: {command}."
+    measured = {row[0]: row for row in rows}
+    old = read_markdown_section(BENCHMARKS_MD, "model-speed") if subset else ""
+    kept = {}
+    for line in old.splitlines():
+        if line.startswith("Command:"):
+            header = f"{line.rstrip('.')}; rows of {', '.join(measured)} re-measured by {command}."
+        elif match := _SPEED_ROW.match(line):
+            name, size, one, eight = match.groups()
+            kept[name] = (name, size, float(one), float(eight))
+    merged = [measured[name] if name in measured else kept[name] for name in _zoo_order([*kept, *measured])]
+    lines = [
+        "## Model speed: forward + backward on the CPU",
+        "",
+        header,
+        "",
+        "| model | input | 1 face (ms) | batch of 8 (ms) | per face in batch (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {n} | {s} | {a:.0f} | {b:.0f} | {b / 8:.0f} |" for n, s, a, b in merged]
+    return "\n".join(lines)
+
+
+def _zoo_order(names: list[str]) -> list[str]:
+    from .zoo.manifest import load_manifest
+
+    order = {name: i for i, name in enumerate(load_manifest())}
+    return sorted(set(names), key=lambda n: (order.get(n, len(order)), n))
+
+
+def read_markdown_section(path: Path, key: str) -> str:
+    """The text between ``<!-- key:start -->`` and ``<!-- key:end -->``, or "" when there is none."""
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    text = path.read_text() if path.is_file() else ""
+    if start not in text or end not in text:
+        return ""
+    return text.split(start, 1)[1].split(end, 1)[0]
 
 
 @contextmanager
@@ -49,9 +96,7 @@ def update_markdown_section(path: Path, key: str, body: str) -> None:
         else:
             text = text.rstrip() + "\n\n" + block + "\n"
         # whole-file replace: a benchmark killed mid-write must not leave a truncated BENCHMARKS.md
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def machine_line(threads: bool = True) -> str:
@@ -193,16 +238,7 @@ def run_model_speed_benchmark(args: argparse.Namespace) -> int:
             timings.append(_time_it(step, args.repeats))
         rows.append((name, f"{w}x{h}", timings[0] * 1000, timings[1] * 1000))
         print(f"{name}: forward+backward {timings[0] * 1000:.0f} ms (1 face), {timings[1] * 1000:.0f} ms (8 faces)")
-    lines = [
-        "## Model speed: forward + backward on the CPU",
-        "",
-        f"Command: `facecloak {' '.join(sys.argv[1:])}` ({machine_line()}); median of {args.repeats} runs.",
-        "",
-        "| model | input | 1 face (ms) | batch of 8 (ms) | per face in batch (ms) |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [f"| {n} | {s} | {a:.0f} | {b:.0f} | {b / 8:.0f} |" for n, s, a, b in rows]
-    update_markdown_section(BENCHMARKS_MD, "model-speed", "\n".join(lines))
+    update_markdown_section(BENCHMARKS_MD, "model-speed", model_speed_table(rows, args.repeats, bool(args.models)))
     if args.output:
         args.output.write_text(json.dumps(rows))
     return 0

@@ -112,3 +112,15 @@ def test_benchmarks_ending_together_keep_every_section(tmp_path):
         t.join()
     text = doc.read_text()
     assert all(f"bench{k} run 14" in text for k in range(6))
+
+
+def test_model_speed_on_some_models_keeps_the_other_rows(tmp_path, monkeypatch):
+    from facecloak.core import bench
+
+    monkeypatch.setattr(bench, "BENCHMARKS_MD", tmp_path / "BENCHMARKS.md")
+    full = [("dlib_resnet", "150x150", 31.0, 126.0), ("sface", "112x112", 53.0, 457.0)]
+    bench.update_markdown_section(bench.BENCHMARKS_MD, "model-speed", bench.model_speed_table(full, 5, False))
+    table = bench.model_speed_table([("sface", "112x112", 40.0, 400.0)], 3, True)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert rows == ["| dlib_resnet | 150x150 | 31 | 126 | 16 |", "| sface | 112x112 | 40 | 400 | 50 |"]
+    assert "re-measured by" in table and table.count("Command:") == 1
