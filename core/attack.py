@@ -44,9 +44,6 @@ class CloakConfig:
     # the step falls linearly over the steps to step_size * (1 - step_decay) (coarse moves first, fine ones
     # last); 0 = constant
     step_decay: float = 0.0
-    # 0 = sign steps (every face pixel moves by the full step); p > 0: each pixel's step is sign(g) * |g / mean|g||**p
-    # (at most 3x the step), so pixels with a larger gradient move further.
-    step_power: float = 0.0
     # L-infinity cap of the luminance change; where texture allocation is on (native-size faces by default) it
     # scales per pixel with the texture allowance, at most 3x
     epsilon: float = 12 / 255
@@ -110,8 +107,6 @@ class CloakConfig:
             raise ValueError("dssim_budget must be in (0, 0.5)")
         if not 1 <= self.upsampled_budget_factor <= 4:
             raise ValueError("upsampled_budget_factor must be in [1, 4]")
-        if self.step_power < 0:
-            raise ValueError("step_power must be >= 0")
         if not 0 <= self.step_decay <= 1:
             raise ValueError("step_decay must be in [0, 1]")
 
@@ -191,16 +186,6 @@ def _step_size(config: CloakConfig, step: int, steps: int) -> float:
     if steps < 2:
         return config.step_size
     return config.step_size * (1 - config.step_decay * step / (steps - 1))
-
-
-def _step_direction(gradient: torch.Tensor, mask: torch.Tensor, power: float) -> torch.Tensor:
-    """``sign(g)`` for ``power`` 0; else ``sign(g) * (|g| / mean |g| on the face) ** power``, at most 3."""
-    if power <= 0:
-        return gradient.sign()
-    magnitude = gradient.abs()
-    inside = (mask > 0).to(gradient.dtype)
-    mean = (magnitude * inside).sum() / (inside.sum() * gradient.shape[1]).clamp_min(1.0)
-    return gradient.sign() * (magnitude / mean.clamp_min(1e-12)).pow(power).clamp_(max=3.0)
 
 
 def _focus_weights(similarities: Mapping[str, float], temperature: float) -> dict[str, float]:
@@ -532,7 +517,7 @@ class Cloak:
                 reached[i] = sum(region_sims.values()) / len(region_sims)
                 with torch.no_grad():
                     region.momentum = config.momentum * region.momentum + grad
-                    step_direction = _step_direction(region.momentum, region.mask, config.step_power)
+                    step_direction = region.momentum.sign()
                     step_change = _step_size(config, step, steps) * region.allowance * step_direction
                     region.delta = _project(region.delta - step_change, region.clean, config, region.allowance)
                     gamma, _ = _budget_scale(region.delta * region.mask, region.clean, region.to_clean, region.budget)

@@ -11,7 +11,6 @@ from facecloak.core.attack import (
     CloakConfig,
     _budget_scale,
     _focus_weights,
-    _step_direction,
     _step_size,
     face_mask,
     face_region_bounds,
@@ -416,17 +415,3 @@ def test_large_faces_get_the_upsampled_budget_on_their_working_copy(
     assert max(working) <= 1.02 * factor * 0.002
     assert max(working) > 0.9 * factor * 0.002  # the budget binds, so the factor is what lets it grow
     assert 0 < result.face_dssim[0] <= 0.002
-
-
-def test_step_direction_is_the_sign_or_the_gradient_shaped_and_capped():
-    g = torch.tensor([[[[-4.0, 1.0, 0.5, 100.0]]]])
-    mask = torch.tensor([[[[1.0, 1.0, 1.0, 0.0]]]])  # the last pixel lies outside the face
-    assert torch.equal(_step_direction(g, mask, 0.0), g.sign())
-    # mean |g| on the face is (4 + 1 + 0.5) / 3: each step scales with |g| / mean, at most 3x
-    mean = 5.5 / 3
-    expected = torch.tensor([[[[-min(4 / mean, 3.0), 1 / mean, 0.5 / mean, 3.0]]]])
-    assert torch.allclose(_step_direction(g, mask, 1.0), expected)
-    half = _step_direction(g, mask, 0.5)
-    assert torch.allclose(half[..., 1], torch.tensor((1 / mean) ** 0.5).reshape(1, 1, 1))
-    with pytest.raises(ValueError, match="step_power"):
-        CloakConfig(step_power=-1)
