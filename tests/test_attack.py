@@ -409,7 +409,9 @@ def test_large_faces_get_the_upsampled_budget_on_their_working_copy(
     """A downscaled face's working copy may spend ``upsampled_budget_factor`` times the budget; at the photo's
     own resolution the face still stays within ``dssim_budget``."""
     photo, face = enlarged(astronaut_photo, astronaut_faces[0], 3)
-    config = small_config(steps=4, dssim_budget=0.002, upsampled_budget_factor=factor)
+    # the 160 px working copy this test was written for: the recorded DSSIM is after 8-bit rounding, which at a
+    # 2-4e-3 budget on a 224 px copy adds up to 15% (the output's own budget, at the photo's size, is exact)
+    config = small_config(steps=4, dssim_budget=0.002, upsampled_budget_factor=factor, work_face_size=160)
     result = Cloak([surrogate], config)(photo, [face])
     working = [m.dssim for m in result.steps[1:]]  # each step records the DSSIM its update started from
     assert max(working) <= 1.02 * factor * 0.002
