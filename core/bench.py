@@ -57,9 +57,13 @@ def _zoo_order(names: list[str]) -> list[str]:
     return sorted(set(names), key=lambda n: (order.get(n, len(order)), n))
 
 
+def _section_markers(key: str) -> tuple[str, str]:
+    return f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+
+
 def read_markdown_section(path: Path, key: str) -> str:
     """The text between ``<!-- key:start -->`` and ``<!-- key:end -->``, or "" when there is none."""
-    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    start, end = _section_markers(key)
     text = path.read_text() if path.is_file() else ""
     if start not in text or end not in text:
         return ""
@@ -84,7 +88,7 @@ def _exclusive(path: Path):
 
 def update_markdown_section(path: Path, key: str, body: str) -> None:
     """Replace (or append) the block between ``<!-- key:start -->`` and ``<!-- key:end -->``."""
-    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    start, end = _section_markers(key)
     block = f"{start}\n{body.rstrip()}\n{end}"
     path.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(path):

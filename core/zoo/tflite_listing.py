@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .tfjs_graph import checked_state
+from .tfjs_graph import _ints, checked_state
 
 _FUSED_ACTIVATIONS = {0: [], 1: ["Relu"], 3: ["Relu6"]}  # tflite.ActivationFunctionType: NONE, RELU, RELU6
 _ELEMENTWISE = {"ADD": "Add", "SUB": "Sub", "MUL": "Mul"}
@@ -250,11 +250,9 @@ def derive_tflite_listing(path: Path) -> tuple[str, dict[str, np.ndarray]]:
             pads = graph.constants[op.inputs[1]]
             if pads.shape != (4, 2) or pads[0].any() or pads[3].any():
                 raise ValueError("only spatial padding of NHWC tensors is supported")
-            pads_text = ",".join(str(int(v)) for v in pads[1:3].reshape(-1))
-            writer.emit(f"Pad {writer.alias[op.inputs[0]]} pads={pads_text}", op.outputs[0])
+            writer.emit(f"Pad {writer.alias[op.inputs[0]]} pads={_ints(pads[1:3])}", op.outputs[0])
         elif op.kind == "MEAN":
-            axes = ",".join(str(int(v)) for v in graph.constants[op.inputs[1]].reshape(-1))
-            keep = op.options.get("keep", 0)
+            axes, keep = _ints(graph.constants[op.inputs[1]]), op.options.get("keep", 0)
             writer.emit(f"Mean {writer.alias[op.inputs[0]]} axes={axes} keep={keep}", op.outputs[0])
         elif op.kind == "FULLY_CONNECTED":
             _fully_connected(writer, op)
