@@ -50,4 +50,7 @@ def test_reference_feeds_pixels_unnormalised(model_sources):
     except ReferenceUnavailable as err:
         pytest.skip(str(err))
     assert reference.shape == (2, 128)
-    assert np.abs(reference[0] - reference[1]).max() > 1e-2  # different crops, different embeddings
+    # normalised twice (as the package does), any two crops become nearly the same grey input: cosine 0.9999 for
+    # these two; fed once, 0.94
+    unit = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    assert float(unit[0] @ unit[1]) < 0.99
