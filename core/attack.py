@@ -25,7 +25,7 @@ from kornia.geometry.transform import warp_affine
 from .align import ARCFACE_112, umeyama, warp_crops
 from .detect import Face
 from .perceptual import LPIPSMeasure, lpips_available
-from .quality import DSSIMTo
+from .quality import DSSIMTo, row_strips
 from .transforms import RobustnessConfig, Transform, sample_transforms
 from .zoo.model import FaceModel
 
@@ -301,6 +301,10 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
+# rows of photo per strip where a face's change is composed at full resolution: a few hundred kB per channel
+_STRIP_ROWS = 128
+
+
 def _quantise(x: torch.Tensor) -> torch.Tensor:
     """Round to 8 bits in the forward pass; pass the gradient straight through."""
     return x + (torch.round(x * 255) / 255 - x).detach()
@@ -348,11 +352,7 @@ def _budget_scale(
     change: torch.Tensor, clean: torch.Tensor, to_clean: DSSIMTo, budget: float, quantise: bool = False
 ) -> tuple[float, float]:
     """Largest ``gamma <= 1`` (within 2% of the budget) with face DSSIM of ``clean + gamma * change`` within
-    ``budget`` (measured by ``to_clean``, built on ``clean`` and the face's weight); and that DSSIM.
-
-    DSSIM of a small change grows about as ``gamma**2``, so the search interpolates in ``gamma**2`` between
-    the closest values under and over the budget: two or three measures instead of a bisection's eight.
-    """
+    ``budget`` (measured by ``to_clean``, built on ``clean`` and the face's weight); and that DSSIM."""
 
     def measure(gamma: float) -> float:
         x = change.mul(gamma).add_(clean).clamp_(0, 1)
@@ -360,6 +360,15 @@ def _budget_scale(
             x = x.mul_(255).round_().div_(255)
         return float(to_clean(x)[0])
 
+    return _largest_within(measure, budget)
+
+
+def _largest_within(measure: Callable[[float], float], budget: float) -> tuple[float, float]:
+    """Largest ``gamma`` in [0, 1] (within 2% of the budget) with ``measure(gamma) <= budget``; and that measure.
+
+    DSSIM of a small change grows about as ``gamma**2``, so the search interpolates in ``gamma**2`` between
+    the closest values under and over the budget: two or three measures instead of a bisection's eight.
+    """
     value = measure(1.0)
     if value <= budget:
         return 1.0, value
@@ -376,6 +385,27 @@ def _budget_scale(
         else:
             hi, hi_value = gamma, current
     return lo, lo_value
+
+
+class _BilinearUpsampler:
+    """Windows of ``F.interpolate(images, size, mode="bilinear", align_corners=False)`` without the rest: a face's
+    change is upsampled onto megapixels of photo a strip of rows at a time."""
+
+    def __init__(self, images: torch.Tensor, size: tuple[int, int], cols: range) -> None:
+        self.images, self.size = images, size
+        x0, x1, fx = self._taps(images.shape[-1], size[1], cols)
+        # columns first, once, on the few rows of the small image; then rows strip by strip (contiguous copies)
+        self.columns = torch.lerp(images.index_select(-1, x0), images.index_select(-1, x1), fx)
+
+    def _taps(self, n_in: int, n_out: int, span: range) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        positions = torch.arange(span.start, span.stop, dtype=torch.float64, device=self.images.device)
+        source = ((positions + 0.5) * (n_in / n_out) - 0.5).clamp_(min=0)
+        first = source.long().clamp_(max=n_in - 1)
+        return first, (first + 1).clamp_(max=n_in - 1), (source - first).to(self.images.dtype)
+
+    def rows(self, span: range) -> torch.Tensor:
+        y0, y1, fy = self._taps(self.images.shape[-2], self.size[0], span)
+        return torch.lerp(self.columns.index_select(-2, y0), self.columns.index_select(-2, y1), fy[:, None])
 
 
 class AlbumMemory:
@@ -639,33 +669,46 @@ class Cloak:
         """Upsample each face's change onto the photo, quantise, and hold the DSSIM budget at full size.
 
         Only the face's own pixels are touched (and measured): the rest of the photo keeps its exact
-        8-bit values.
+        8-bit values. Returns the protected photo and each face's DSSIM.
         """
         out = photo.detach().clone()
-        budgets = []
-        for region in regions:
-            size = (region.y1 - region.y0, region.x1 - region.x0)
-            change, mask = region.delta.detach() * region.mask, region.mask
-            if change.shape[-2:] != size:
-                both = F.interpolate(torch.cat([change, mask], dim=1), size=size, mode="bilinear", align_corners=False)
-                change, mask = both[:, :3], both[:, 3:]
-            rows = torch.nonzero(mask[0, 0].amax(dim=1) > 0).flatten()
-            cols = torch.nonzero(mask[0, 0].amax(dim=0) > 0).flatten()
-            if len(rows) == 0:
-                budgets.append(0.0)
-                continue
-            # the changed box, plus half an SSIM window so the measure sees the edges of the change
-            r0, r1 = max(0, int(rows[0]) - 6), min(size[0], int(rows[-1]) + 7)
-            c0, c1 = max(0, int(cols[0]) - 6), min(size[1], int(cols[-1]) + 7)
-            change = change[..., r0:r1, c0:c1].to(out.device, out.dtype)
-            mask = mask[..., r0:r1, c0:c1].to(out.device, out.dtype)
-            y0, x0 = region.y0 + r0, region.x0 + c0
-            clean = out[..., y0 : y0 + (r1 - r0), x0 : x0 + (c1 - c0)].contiguous()
-            luma = change.mean(dim=1, keepdim=True)
-            change = _fit_in_range(clean, luma, change - luma)
-            to_clean = DSSIMTo(clean, mask)
-            gamma, value = _budget_scale(change, clean, to_clean, self.config.dssim_budget, quantise=True)
-            changed = torch.round((clean + gamma * change).clamp(0, 1) * 255) / 255
-            out[..., y0 : y0 + (r1 - r0), x0 : x0 + (c1 - c0)] = changed
-            budgets.append(value)
-        return out, budgets
+        return out, [self._place_change(out, region) for region in regions]
+
+    def _place_change(self, out: torch.Tensor, region: _FaceRegion) -> float:
+        """Add ``region``'s change to ``out`` in place, scaled into the DSSIM budget; returns the face DSSIM.
+
+        Faces of several megapixels are worked a strip of rows at a time (memory, and the CPU's cache).
+        """
+        size = (region.y1 - region.y0, region.x1 - region.x0)
+        small = torch.cat([region.delta.detach() * region.mask, region.mask], dim=1).to(out.device, out.dtype)
+        support = region.mask[0, 0] > 0
+        rows, cols = torch.nonzero(support.any(dim=1)).flatten(), torch.nonzero(support.any(dim=0)).flatten()
+        if len(rows) == 0:
+            return 0.0
+        # the photo rows and columns that bilinear upsampling carries the support to (a working pixel reaches
+        # one pixel further), plus half an SSIM window so the measure sees the edges of the change
+        fy, fx = size[0] / small.shape[-2], size[1] / small.shape[-1]
+        r0, r1 = max(0, math.floor((int(rows[0]) - 1) * fy) - 6), min(size[0], math.ceil((int(rows[-1]) + 2) * fy) + 6)
+        c0, c1 = max(0, math.floor((int(cols[0]) - 1) * fx) - 6), min(size[1], math.ceil((int(cols[-1]) + 2) * fx) + 6)
+        clean = out[..., region.y0 + r0 : region.y0 + r1, region.x0 + c0 : region.x0 + c1]
+        change = clean.new_empty(clean.shape)
+        mask = clean.new_empty((1, 1, *clean.shape[-2:]))
+        upsampler = _BilinearUpsampler(small, size, range(c0, c1))
+        for _, _, top, bottom in row_strips(r1 - r0, _STRIP_ROWS, halo=0):
+            both = upsampler.rows(range(r0 + top, r0 + bottom))
+            mask[..., top:bottom, :] = both[:, 3:]
+            luma = both[:, :3].mean(dim=1, keepdim=True)
+            change[..., top:bottom, :] = _fit_in_range(clean[..., top:bottom, :], luma, both[:, :3] - luma)
+
+        def changed_rows(top: int, bottom: int, gamma: float) -> torch.Tensor:
+            x = change[..., top:bottom, :].mul(gamma).add_(clean[..., top:bottom, :]).clamp_(0, 1)
+            return x.mul_(255).round_().div_(255)
+
+        to_clean = DSSIMTo(clean, mask)
+        gamma, value = _largest_within(
+            lambda g: float(to_clean.of_rows(lambda a, b: changed_rows(a, b, g), _STRIP_ROWS)[0]),
+            self.config.dssim_budget,
+        )
+        for _, _, top, bottom in row_strips(r1 - r0, _STRIP_ROWS, halo=0):
+            clean[..., top:bottom, :] = changed_rows(top, bottom, gamma)
+        return value

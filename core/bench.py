@@ -287,15 +287,16 @@ def run_speed_benchmark(args: argparse.Namespace) -> int:
             t2 = time.perf_counter()
             result = protector.protect_tensor(photo, faces)
             t3 = time.perf_counter()
-            if run == 0:
-                continue
-            rows.append((name, photo.shape[-1], photo.shape[-2], len(faces), t1 - t0, t2 - t1, t3 - t2, t3 - t0))
-            print(
-                f"{name}: {photo.shape[-1]}x{photo.shape[-2]}, {len(faces)} face(s): load {t1 - t0:.1f} s, detect "
-                f"{t2 - t1:.1f} s, protect {t3 - t2:.1f} s, total {t3 - t0:.1f} s, face DSSIM "
-                f"{max(result.face_dssim):.4f}",
-                flush=True,
-            )
+            if run > 0:
+                rows.append((name, photo.shape[-1], photo.shape[-2], len(faces), t1 - t0, t2 - t1, t3 - t2, t3 - t0))
+                print(
+                    f"{name}: {photo.shape[-1]}x{photo.shape[-2]}, {len(faces)} face(s): load {t1 - t0:.1f} s, "
+                    f"detect {t2 - t1:.1f} s, protect {t3 - t2:.1f} s, total {t3 - t0:.1f} s, face DSSIM "
+                    f"{max(result.face_dssim):.4f}",
+                    flush=True,
+                )
+            # the peak RSS is one photo's: the previous run's photos are gone before the next is read
+            del photo, result
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:.0f} MB")
     lines = [

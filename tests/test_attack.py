@@ -9,6 +9,7 @@ from facecloak.core.attack import (
     Cloak,
     CloakCancelled,
     CloakConfig,
+    _BilinearUpsampler,
     _budget_scale,
     _focus_weights,
     _step_size,
@@ -225,6 +226,39 @@ def test_dssim_to_a_fixed_reference_matches_kornia_value_and_gradient(astronaut_
     assert torch.allclose(g_cached, g_direct, rtol=1e-4, atol=1e-7)  # gradients up to 1.4e-3 here
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_dssim_measured_strip_by_strip_equals_the_whole_measure(astronaut_photo, weighted):
+    clean = astronaut_photo[..., 90:190, 150:263].double()  # 100 rows: strips that do not divide it
+    generator = torch.Generator().manual_seed(2)
+    mask = torch.rand(clean[:, :1].shape, generator=generator, dtype=torch.float64) if weighted else None
+    candidate = (clean + 0.03 * torch.randn(clean.shape, generator=generator, dtype=torch.float64)).clamp(0, 1)
+    to_clean = DSSIMTo(clean, mask)
+    whole = to_clean(candidate)
+    asked: list[tuple[int, int]] = []
+
+    def rows_of(top: int, bottom: int) -> torch.Tensor:
+        asked.append((top, bottom))
+        return candidate[..., top:bottom, :]
+
+    for rows in (1, 6, 33, 100, 500):
+        asked.clear()
+        assert torch.allclose(to_clean.of_rows(rows_of, rows), whole, rtol=1e-12)
+        # every row is a strip's own once; strips read at most 5 rows (half the SSIM window) beyond themselves
+        assert max(bottom - top for top, bottom in asked) <= min(100, rows + 10)
+    assert float(whole[0]) > 1e-3
+
+
+def test_bilinear_upsampler_gives_windows_of_interpolate():
+    images = torch.rand(1, 4, 37, 23, generator=torch.Generator().manual_seed(3))
+    size = (301, 190)  # not a whole multiple of the input
+    full = torch.nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    upsampler = _BilinearUpsampler(images, size, range(11, 178))
+    for rows in (range(0, 40), range(120, 121), range(250, 301)):
+        window = upsampler.rows(rows)
+        assert window.shape[-2:] == (len(rows), 167)
+        assert torch.allclose(window, full[..., rows.start : rows.stop, 11:178], atol=1e-5)  # float rounding: 2e-6
+
+
 def test_gradient_smoothing_makes_the_change_smoother(surrogate, astronaut_photo, astronaut_faces):
     """TI smoothing (gradient_sigma) steers the change away from pixel-level noise: less of its energy is
     in the finest detail (neighbouring-pixel differences) than without smoothing."""
@@ -417,3 +451,4 @@ def test_large_faces_get_the_upsampled_budget_on_their_working_copy(
     assert max(working) <= 1.02 * factor * 0.002
     assert max(working) > 0.9 * factor * 0.002  # the budget binds, so the factor is what lets it grow
     assert 0 < result.face_dssim[0] <= 0.002
+    assert float(dssim(result.photo, photo)[0]) < 0.002  # measured from scratch on the whole photo
