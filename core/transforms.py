@@ -21,7 +21,7 @@ from PIL import Image
 
 from .filters import gaussian_blur
 
-KINDS = ("identity", "gaussian", "median", "box", "motion", "jpeg", "resize", "tone")
+KINDS = ("identity", "gaussian", "median", "box", "motion", "jpeg", "resize")
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,6 @@ class Transform:
     angle: float = 0.0
     quality: int = 0
     scale: float = 1.0
-    gain: float = 1.0  # tone: brightness factor
-    gamma: float = 1.0  # tone: exponent of the tone curve
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -56,8 +54,6 @@ class Transform:
             return f"motion k{self.kernel}" + (f" {self.angle:.0f}deg" if self.angle else "")
         if self.kind == "jpeg":
             return f"jpeg q{self.quality}"
-        if self.kind == "tone":
-            return f"tone x{self.gain:.2f} g{self.gamma:.2f}"
         return f"resize x{self.scale:.2f}"
 
     def __call__(self, images: torch.Tensor, differentiable: bool = True) -> torch.Tensor:
@@ -88,8 +84,6 @@ def apply_transform(images: torch.Tensor, t: Transform, differentiable: bool = T
             quality = torch.full((images.shape[0],), float(t.quality), device=images.device, dtype=images.dtype)
             return jpeg_codec_differentiable(images.clamp(0, 1), quality)
         return pillow_jpeg(images, t.quality)
-    if t.kind == "tone":
-        return images.clamp(1e-4, 1) ** t.gamma * t.gain
     # resize: down by `scale` (antialiased, as image hosts do), then back up for the recogniser
     height, width = images.shape[-2:]
     small = (max(8, round(height * t.scale)), max(8, round(width * t.scale)))
@@ -181,9 +175,6 @@ class RobustnessConfig:
     gaussian_sigma: tuple[float, float] = (0.5, 3.0)
     jpeg_quality: tuple[int, int] = (50, 95)
     resize_scale: tuple[float, float] = (0.35, 1.0)
-    tone: bool = False  # brightness and tone-curve changes (scale-invariant views, SI-FGSM style)
-    tone_gain: tuple[float, float] = (0.5, 1.0)
-    tone_gamma: tuple[float, float] = (0.8, 1.25)
     identity_weight: float = 1.0  # relative chance of the untouched image among the kinds
     kinds_weight: dict[str, float] = field(default_factory=dict)
 
@@ -195,8 +186,6 @@ class RobustnessConfig:
             kinds.append("jpeg")
         if self.resize:
             kinds.append("resize")
-        if self.tone:
-            kinds.append("tone")
         return kinds
 
 
@@ -229,11 +218,6 @@ def _sample_one(rng: random.Random, kind: str, config: RobustnessConfig) -> Tran
         lo, hi = config.resize_scale
         # uniform in log-scale: small factors are as likely as mild ones
         return Transform("resize", scale=math.exp(rng.uniform(math.log(lo), math.log(hi))))
-    if kind == "tone":
-        lo, hi = config.tone_gamma
-        return Transform(
-            "tone", gain=rng.uniform(*config.tone_gain), gamma=math.exp(rng.uniform(math.log(lo), math.log(hi)))
-        )
     kernel = rng.choice(config.kernels)
     if kind == "gaussian":
         return Transform("gaussian", kernel=kernel, sigma=rng.uniform(*config.gaussian_sigma))
