@@ -25,7 +25,7 @@ from kornia.geometry.transform import warp_affine
 from .align import ARCFACE_112, umeyama, warp_crops
 from .detect import Face
 from .perceptual import LPIPSMeasure, lpips_available
-from .quality import DSSIMTo, row_strips
+from .quality import STRIP_ROWS, DSSIMTo, row_strips
 from .transforms import RobustnessConfig, Transform, sample_transforms
 from .zoo.model import FaceModel
 
@@ -299,10 +299,6 @@ def _cpu_has_bf16() -> bool:
         return bool(checker()) if checker is not None else False
     except RuntimeError:
         return False
-
-
-# rows of photo per strip where a face's change is composed at full resolution: a few hundred kB per channel
-_STRIP_ROWS = 128
 
 
 def _quantise(x: torch.Tensor) -> torch.Tensor:
@@ -694,7 +690,7 @@ class Cloak:
         change = clean.new_empty(clean.shape)
         mask = clean.new_empty((1, 1, *clean.shape[-2:]))
         upsampler = _BilinearUpsampler(small, size, range(c0, c1))
-        for _, _, top, bottom in row_strips(r1 - r0, _STRIP_ROWS, halo=0):
+        for _, _, top, bottom in row_strips(r1 - r0, STRIP_ROWS, halo=0):
             both = upsampler.rows(range(r0 + top, r0 + bottom))
             mask[..., top:bottom, :] = both[:, 3:]
             luma = both[:, :3].mean(dim=1, keepdim=True)
@@ -706,9 +702,9 @@ class Cloak:
 
         to_clean = DSSIMTo(clean, mask)
         gamma, value = _largest_within(
-            lambda g: float(to_clean.of_rows(lambda a, b: changed_rows(a, b, g), _STRIP_ROWS)[0]),
+            lambda g: float(to_clean.of_rows(lambda a, b: changed_rows(a, b, g), STRIP_ROWS)[0]),
             self.config.dssim_budget,
         )
-        for _, _, top, bottom in row_strips(r1 - r0, _STRIP_ROWS, halo=0):
+        for _, _, top, bottom in row_strips(r1 - r0, STRIP_ROWS, halo=0):
             clean[..., top:bottom, :] = changed_rows(top, bottom, gamma)
         return value

@@ -10,6 +10,9 @@ from kornia.color import rgb_to_grayscale
 
 from .filters import gaussian_blur
 
+# rows per strip where megapixel images are measured a strip at a time: a few hundred kB per channel, in cache
+STRIP_ROWS = 128
+
 
 def _blur(x: torch.Tensor, window: int, sigma: float) -> torch.Tensor:
     return gaussian_blur(x, window, sigma, border_type="reflect")
@@ -63,15 +66,20 @@ class DSSIMTo:
         self, reference: torch.Tensor, weight: torch.Tensor | None = None, window: int = 11, sigma: float = 1.5
     ) -> None:
         self.luma = rgb_to_grayscale(reference)
-        self.mean, self.variance = _local_mean_variance(self.luma, window, sigma)
         self.weight, self.window, self.sigma = weight, window, sigma
+        # strip by strip: on a face of several megapixels the filters' intermediate images would be most of the memory
+        self.mean, self.variance = torch.empty_like(self.luma), torch.empty_like(self.luma)
+        for top, bottom, start, stop in row_strips(self.luma.shape[-2], STRIP_ROWS, window // 2):
+            mean, variance = _local_mean_variance(self.luma[..., top:bottom, :], window, sigma)
+            self.mean[..., start:stop, :] = mean[..., start - top : stop - top, :]
+            self.variance[..., start:stop, :] = variance[..., start - top : stop - top, :]
 
     def __call__(self, candidate: torch.Tensor) -> torch.Tensor:
         luma = rgb_to_grayscale(candidate)
         smap = _ssim_against(luma, self.luma, self.mean, self.variance, self.window, self.sigma)
         return _weighted_dssim(smap, self.weight)
 
-    def of_rows(self, candidate_rows: Callable[[int, int], torch.Tensor], rows: int = 128) -> torch.Tensor:
+    def of_rows(self, candidate_rows: Callable[[int, int], torch.Tensor], rows: int = STRIP_ROWS) -> torch.Tensor:
         """The same measure of a candidate given by ``candidate_rows(top, bottom)``, its rows ``[top, bottom)``,
         taken a strip of ``rows`` rows at a time.
 
