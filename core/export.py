@@ -272,6 +272,7 @@ def export_protected(
         )
     fmt = output_format(source, options)
     image, _notes = _compose(photo, pixels, fmt)
+    del pixels  # the image holds its own copy; at 48 MP this is 150 MB less while the encoder runs
     write_atomic(image, target, fmt, _save_params(photo, fmt, options), overwrite=options.overwrite)
     return target
 

@@ -257,3 +257,16 @@ def test_protection_survives_the_output_encoding(tmp_path, astronaut, astronaut_
     on_disk = _cosine(model, clean, reread, astronaut_faces)
     assert in_memory < 0.7  # measured 0.60
     assert on_disk < in_memory + 0.15, f"{fmt}: cosine {in_memory:.3f} in memory, {on_disk:.3f} after encoding"
+
+
+def test_tensor_to_uint8_rounds_clamps_and_keeps_every_row():
+    from facecloak.core.image import tensor_to_uint8, uint8_to_tensor
+
+    # taller than the conversion's strips, with values outside [0, 1] and exactly between two levels
+    image = torch.rand(1, 3, 601, 37, generator=torch.Generator().manual_seed(4)) * 1.4 - 0.2
+    image[0, 0, 300, 0] = 127.5 / 255
+    pixels = tensor_to_uint8(image)
+    expected = torch.round(image.clamp(0, 1) * 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    assert pixels.shape == (601, 37, 3) and pixels.dtype == np.uint8
+    assert np.array_equal(pixels, expected)
+    assert np.array_equal(tensor_to_uint8(uint8_to_tensor(pixels)), pixels)  # 8-bit values survive the round trip
