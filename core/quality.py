@@ -43,10 +43,18 @@ def _ssim_against(
 
 
 def _weighted_dssim(smap: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    return _dssim_total(smap, weight) / _dssim_normaliser(smap, weight)
+
+
+def _dssim_total(smap: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Per image, the sum of ``(1 - SSIM) / 2`` over the map, each pixel weighted by ``weight`` when given."""
     d = (1 - smap) / 2
-    if weight is None:
-        return d.mean(dim=(1, 2, 3))
-    return (d * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3)).clamp_min(1e-8)
+    return (d if weight is None else d * weight).sum(dim=(1, 2, 3))
+
+
+def _dssim_normaliser(smap: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor | int:
+    """What :func:`_dssim_total` of the whole map is divided by to make it a (weighted) mean."""
+    return smap[0].numel() if weight is None else weight.sum(dim=(1, 2, 3)).clamp_min(1e-8)
 
 
 def dssim(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None, window: int = 11) -> torch.Tensor:
@@ -92,13 +100,8 @@ class DSSIMTo:
             luma = rgb_to_grayscale(candidate_rows(top, bottom))
             ref = (t[..., top:bottom, :] for t in (self.luma, self.mean, self.variance))
             smap = _ssim_against(luma, *ref, self.window, self.sigma)[..., start - top : stop - top, :]
-            d = (1 - smap) / 2
-            if self.weight is not None:
-                d = d * self.weight[..., start:stop, :]
-            total += d.sum(dim=(1, 2, 3))
-        if self.weight is None:
-            return total / self.luma[0].numel()
-        return total / self.weight.sum(dim=(1, 2, 3)).clamp_min(1e-8)
+            total += _dssim_total(smap, None if self.weight is None else self.weight[..., start:stop, :])
+        return total / _dssim_normaliser(self.luma, self.weight)
 
 
 def row_strips(height: int, rows: int, halo: int) -> Iterator[tuple[int, int, int, int]]:
