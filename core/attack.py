@@ -344,19 +344,10 @@ def _fit_in_range(clean: torch.Tensor, luma: torch.Tensor, chroma: torch.Tensor)
     return base.add_(luma).clamp_(0, 1).sub_(clean)
 
 
-def _budget_scale(
-    change: torch.Tensor, clean: torch.Tensor, to_clean: DSSIMTo, budget: float, quantise: bool = False
-) -> tuple[float, float]:
+def _budget_scale(change: torch.Tensor, clean: torch.Tensor, to_clean: DSSIMTo, budget: float) -> tuple[float, float]:
     """Largest ``gamma <= 1`` (within 2% of the budget) with face DSSIM of ``clean + gamma * change`` within
     ``budget`` (measured by ``to_clean``, built on ``clean`` and the face's weight); and that DSSIM."""
-
-    def measure(gamma: float) -> float:
-        x = change.mul(gamma).add_(clean).clamp_(0, 1)
-        if quantise:
-            x = x.mul_(255).round_().div_(255)
-        return float(to_clean(x)[0])
-
-    return _largest_within(measure, budget)
+    return _largest_within(lambda gamma: float(to_clean(change.mul(gamma).add_(clean).clamp_(0, 1))[0]), budget)
 
 
 def _largest_within(measure: Callable[[float], float], budget: float) -> tuple[float, float]:
