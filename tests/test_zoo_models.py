@@ -132,3 +132,21 @@ def test_same_person_closer_than_different_people(name, shared_data, detector):
         assert same > different, (a, same, different)
         if verification is not None:
             assert same >= verification.threshold_far_1e2, (a, same)
+
+
+def test_an_opencv_without_the_tensorflow_importer_means_no_reference(monkeypatch, tmp_path):
+    """OpenCV 5 has no cv2.dnn.readNetFromTensorflow: the parity test must skip, not fail."""
+    import sys
+    import types
+
+    import numpy as np
+
+    from facecloak.core.zoo import facenet_graphdef
+    from facecloak.core.zoo.registry import ReferenceUnavailable
+
+    opencv5 = types.ModuleType("cv2")
+    opencv5.__version__ = "5.1.0"
+    opencv5.dnn = types.SimpleNamespace(readNet=lambda *args: None)
+    monkeypatch.setitem(sys.modules, "cv2", opencv5)
+    with pytest.raises(ReferenceUnavailable, match=r"5\.1\.0 has no cv2\.dnn\.readNetFromTensorflow"):
+        facenet_graphdef.reference_embed([tmp_path / "graph.pb"], np.zeros((1, 160, 160, 3), np.uint8))

@@ -265,7 +265,11 @@ def reference_embed(sources: list[Path], crops: np.ndarray) -> np.ndarray:
         import cv2
     except ImportError as err:
         raise ReferenceUnavailable("opencv-python is not installed") from err
-    net = cv2.dnn.readNetFromTensorflow(str(sources[0]))
+    # OpenCV 5 dropped the TensorFlow importer: without it there is no reference to compare against.
+    read_tensorflow = getattr(getattr(cv2, "dnn", None), "readNetFromTensorflow", None)
+    if read_tensorflow is None:
+        raise ReferenceUnavailable(f"OpenCV {cv2.__version__} has no cv2.dnn.readNetFromTensorflow")
+    net = read_tensorflow(str(sources[0]))
     outputs = []
     for crop in np.asarray(crops, dtype=np.uint8):  # the graph's flatten is hard-wired to batch 1
         # blobFromImage: (pixel - mean) * scale, no channel swap, so the blob stays RGB like the crop
