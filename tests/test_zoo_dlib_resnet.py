@@ -8,7 +8,7 @@ import torch
 
 from facecloak.core.align import FaceAligner
 from facecloak.core.image import tensor_to_uint8
-from facecloak.core.zoo import dlib_resnet
+from facecloak.core.zoo.converters import dlib_resnet
 
 NAME = "dlib_resnet"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from facecloak.core.zoo import edgeface
+from facecloak.core.zoo.converters import edgeface_s
 from facecloak.core.zoo.manifest import load_manifest
 from facecloak.core.zoo.registry import ReferenceUnavailable, cache_status, load_model
 
@@ -16,8 +16,8 @@ NAME = "edgeface_s"
 @pytest.fixture(scope="module")
 def network(model_sources):
     pytest.importorskip("onnx", reason="onnx is needed to convert the EdgeFace file (build time only)")
-    net = edgeface.build_network()
-    net.load_state_dict(edgeface.convert(model_sources(NAME)), strict=True)
+    net = edgeface_s.build_network()
+    net.load_state_dict(edgeface_s.convert(model_sources(NAME)), strict=True)
     return net.eval()
 
 
@@ -28,15 +28,15 @@ def _ours(network, crops: np.ndarray) -> np.ndarray:
 
 def _reference(model_sources, crops: np.ndarray) -> np.ndarray:
     try:
-        return edgeface.reference_embed(model_sources(NAME), np.ascontiguousarray(crops))
+        return edgeface_s.reference_embed(model_sources(NAME), np.ascontiguousarray(crops))
     except ReferenceUnavailable as err:
         pytest.skip(str(err))
 
 
 def test_the_file_fills_the_network_exactly(model_sources):
     pytest.importorskip("onnx", reason="onnx is needed to convert the EdgeFace file (build time only)")
-    state = edgeface.convert(model_sources(NAME))
-    net = edgeface.build_network()
+    state = edgeface_s.convert(model_sources(NAME))
+    net = edgeface_s.build_network()
     assert set(state) == set(net.state_dict())
     assert sum(v.numel() for v in state.values()) == sum(p.numel() for p in net.parameters()) == 3_665_096
     # the three SDTA blocks (channel chunks 2/3/4) and the one positional encoding, at 14x14 tokens
@@ -54,14 +54,14 @@ def test_another_graph_is_refused(model_sources, tmp_path):
     path = tmp_path / "other.onnx"
     onnx.save(model, str(path))
     with pytest.raises(ValueError, match="not the EdgeFace-S graph"):
-        edgeface.convert([path])
+        edgeface_s.convert([path])
 
 
 def test_parity_with_onnxruntime_on_the_aligned_astronaut(network, model_sources, astronaut_photo, astronaut_faces):
     from facecloak.core.align import FaceAligner
     from facecloak.core.image import tensor_to_uint8
 
-    face = tensor_to_uint8(FaceAligner(edgeface.ALIGNMENT)(astronaut_photo, astronaut_faces[:1])[0])
+    face = tensor_to_uint8(FaceAligner(edgeface_s.ALIGNMENT)(astronaut_photo, astronaut_faces[:1])[0])
     batch = np.stack([face, face[:, ::-1]])
     reference = _reference(model_sources, batch)
     ours = _ours(network, batch)

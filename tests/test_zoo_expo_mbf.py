@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from facecloak.core.zoo import expo_mbf
+from facecloak.core.zoo.converters import expo_mbf
+from facecloak.core.zoo.graph import GraphNetwork
+from facecloak.core.zoo.graph.from_tflite import derive_tflite_listing
+from facecloak.core.zoo.graph.listing import checked_state
 from facecloak.core.zoo.manifest import load_manifest
-from facecloak.core.zoo.tfjs_graph import TfjsGraph
-from facecloak.core.zoo.tflite_listing import derive_tflite_listing, state_from_tflite
 
 NAME = "expo_mbf"
 
@@ -21,9 +22,9 @@ def network(model_sources):
     return net.eval()
 
 
-def test_the_file_is_the_embedded_graph_without_its_fixed_batch(model_sources):
+def test_the_file_is_the_shipped_listing_without_its_fixed_batch(model_sources):
     listing, state = derive_tflite_listing(model_sources(NAME)[0])
-    assert listing.strip() == expo_mbf.LISTING.strip()
+    assert listing.strip() == expo_mbf.GRAPH.listing.strip()
     assert listing.splitlines()[0] == "input 112,112,3"  # the file's batch of 2 is gone
     assert listing.strip().endswith("Reshape %64 shape=-1,192")
     # every relu(x) + c * (x - |x|) PReLU is fused into its convolution: no element-wise op but the residual adds
@@ -34,9 +35,9 @@ def test_the_file_is_the_embedded_graph_without_its_fixed_batch(model_sources):
 
 
 def test_a_listing_of_another_topology_is_refused(model_sources):
-    other = expo_mbf.LISTING.replace("shape=-1,192", "shape=-1,128")
+    other = expo_mbf.GRAPH.listing.replace("shape=-1,192", "shape=-1,128")
     with pytest.raises(ValueError, match="not the graph this converter was written for"):
-        state_from_tflite(model_sources(NAME)[0], other)
+        checked_state(other, derive_tflite_listing(model_sources(NAME)[0]), "MobileFaceNet.tflite")
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -54,7 +55,7 @@ def test_conversion_fills_the_architecture_and_loads(model_sources, tmp_path, mo
     monkeypatch.setenv("FACECLOAK_CACHE", str(tmp_path))
     build_cache(load_manifest()[NAME], allow_download=False)
     model = load_model(NAME)
-    assert isinstance(model.network, TfjsGraph)
+    assert isinstance(model.network, GraphNetwork)
     out = model(torch.rand(2, 3, 112, 112))
     assert out.shape == (2, 192)
     assert torch.allclose(out.norm(dim=-1), torch.ones(2), atol=1e-5)

@@ -8,15 +8,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facecloak.core.zoo import facelib_mobilenet
-from facecloak.core.zoo.tflite_listing import derive_tflite_listing, state_from_tflite
+from facecloak.core.zoo.converters import facelib_mobilenet
+from facecloak.core.zoo.graph.from_tflite import derive_tflite_listing
+from facecloak.core.zoo.graph.listing import checked_state
 
 NAME = "facelib_mobilenet"
 
 
-def test_the_file_is_the_embedded_graph(model_sources):
+def test_the_file_is_the_shipped_listing(model_sources):
     listing, state = derive_tflite_listing(model_sources(NAME)[0])
-    assert listing.strip() == facelib_mobilenet.LISTING.strip()
+    assert listing.strip() == facelib_mobilenet.GRAPH.listing.strip()
     ops = [line.split()[2] for line in listing.splitlines() if line.startswith("%")]
     # Keras' ZeroPadding2D before each strided convolution pads one pixel after, never before
     assert ops.count("Pad") == 5
@@ -36,9 +37,9 @@ def test_the_graph_normalises_0_to_255_pixels_itself(model_sources):
 
 
 def test_a_listing_of_another_topology_is_refused(model_sources):
-    other = facelib_mobilenet.LISTING.replace("pads=0,1,0,1", "pads=1,0,1,0", 1)
+    other = facelib_mobilenet.GRAPH.listing.replace("pads=0,1,0,1", "pads=1,0,1,0", 1)
     with pytest.raises(ValueError, match="not the graph this converter was written for"):
-        state_from_tflite(model_sources(NAME)[0], other)
+        checked_state(other, derive_tflite_listing(model_sources(NAME)[0]), "mobilenet_fp32.tflite")
 
 
 def test_reference_feeds_pixels_unnormalised(model_sources):

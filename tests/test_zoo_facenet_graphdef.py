@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facecloak.core.zoo import facenet_graphdef
+from facecloak.core.zoo.converters import facenet_casia
 
 NAME = "facenet_casia"
 
@@ -17,16 +17,16 @@ def sources(model_sources):
 
 @pytest.fixture(scope="module")
 def constants(sources):
-    return facenet_graphdef.read_constants(sources[0])
+    return facenet_casia.read_constants(sources[0])
 
 
 def test_splat_tensor_is_expanded():
     # TensorFlow stores a constant whose values are all equal as one value; it must fill the shape.
-    tensor = facenet_graphdef._graph_message_class()().node.add().attr.add().value.tensor
+    tensor = facenet_casia._graph_message_class()().node.add().attr.add().value.tensor
     tensor.dtype = 1
     tensor.tensor_shape.dim.add(size=3)
     tensor.float_val.append(0.5)
-    assert facenet_graphdef._tensor_array(tensor).tolist() == [0.5, 0.5, 0.5]
+    assert facenet_casia._tensor_array(tensor).tolist() == [0.5, 0.5, 0.5]
 
 
 def test_graph_constants_are_read(constants):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from facecloak.core.align import FaceAligner
-from facecloak.core.zoo import facenet_tflite
+from facecloak.core.zoo.converters import facenet_vggface2
 
 NAME = "facenet_vggface2"
 
@@ -19,13 +19,13 @@ def sources(model_sources):
 @pytest.fixture(scope="module")
 def astronaut_crop(astronaut_photo, astronaut_faces) -> np.ndarray:
     """The astronaut's face aligned for this model, as the 1,160,160,3 uint8 the TFLite runtime takes."""
-    crop = FaceAligner(facenet_tflite.ALIGNMENT)(astronaut_photo, astronaut_faces[:1])
+    crop = FaceAligner(facenet_vggface2.ALIGNMENT)(astronaut_photo, astronaut_faces[:1])
     return crop.clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).numpy()
 
 
 def test_graph_structure(sources):
     """The export folded everything into 132 biased convs + 1 FC; its ReLUs survive only as names."""
-    graph = facenet_tflite._read_graph(sources[0])
+    graph = facenet_vggface2._read_graph(sources[0])
     kinds = [op.kind for op in graph.ops]
     assert kinds.count("CONV_2D") == 132 and kinds.count("FULLY_CONNECTED") == 1
     assert "MUL" not in kinds and "L2_NORMALIZATION" not in kinds  # scales folded; raw bottleneck out
@@ -48,13 +48,13 @@ def test_graph_reading_matches_litert_when_quantised(sources, astronaut_crop):
     scale, zero = out["quantization"]
     expected = (interpreter.get_tensor(out["index"]).astype(np.float64) - zero) * scale
 
-    graph = facenet_tflite._read_graph(sources[0])
+    graph = facenet_vggface2._read_graph(sources[0])
     in_scale, in_zero = graph.input_quant
     values = {graph.input_index: (astronaut_crop.astype(np.float64) - in_zero) * in_scale}
     for op in graph.ops:
         inputs = op.inputs[:1] if op.kind == "RESHAPE" else op.inputs
         args = [values[i] if i in values else graph.constants[i].astype(np.float64) for i in inputs]
-        values[op.outputs[0]] = np.clip(np.round(facenet_tflite._run_op(op, args) / scale), 0, 255) * scale
+        values[op.outputs[0]] = np.clip(np.round(facenet_vggface2._run_op(op, args) / scale), 0, 255) * scale
     emulated = values[graph.output_index]
     cosine = float(emulated.ravel() @ expected.ravel() / np.linalg.norm(emulated) / np.linalg.norm(expected))
     assert cosine > 0.999

@@ -1,4 +1,4 @@
-"""Manifest, source verification, cache status and device selection (no model needed)."""
+"""Manifest and roles, converters, source verification, cache status and device selection (no model needed)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,14 @@ from facecloak.core import device as device_mod
 from facecloak.core.verification import cross_validated_accuracy, roc_auc, threshold_at_far
 from facecloak.core.zoo import registry
 from facecloak.core.zoo.cache import save_weights
-from facecloak.core.zoo.manifest import SourceFile, load_manifest, load_roles
+from facecloak.core.zoo.manifest import (
+    Roles,
+    SourceFile,
+    check_disjoint,
+    load_manifest,
+    load_roles,
+    manifest_path,
+)
 from facecloak.core.zoo.sources import SourceError, extract_source
 
 
@@ -25,7 +32,7 @@ def test_manifest_records_provenance_for_every_model():
     manifest = load_manifest()
     assert len(manifest) >= 5
     for spec in manifest.values():
-        assert spec.name in registry.CONVERTERS
+        assert spec.name in registry.CONVERTER_VERSIONS
         for source in spec.sources:
             assert len(source.member_sha256) == 64 and len(source.dist_sha256) == 64
             assert source.package and source.version and source.member
@@ -33,16 +40,53 @@ def test_manifest_records_provenance_for_every_model():
         assert spec.embedding_dim in (128, 192, 256, 512, 1024)
 
 
+def test_every_model_has_exactly_one_converter_named_after_it():
+    from importlib import resources
+
+    converters = resources.files("facecloak.core.zoo") / "converters"
+    modules = {p.name.removesuffix(".py") for p in converters.iterdir() if p.name.endswith(".py")}
+    assert modules - {"__init__", "_inception_resnet"} == set(load_manifest()) == set(registry.CONVERTER_VERSIONS)
+    assert registry.converter("sface").__name__ == "facecloak.core.zoo.converters.sface"
+    with pytest.raises(KeyError, match="unknown model 'nope'"):
+        registry.converter("nope")
+
+
 def test_ensemble_and_evaluators_are_disjoint_families():
     manifest = load_manifest()
-    roles = load_roles()
-    ensemble_families = {manifest[n].family for n in roles["ensemble"]}
-    evaluator_families = {manifest[n].family for n in roles["evaluators"]}
-    assert roles["ensemble"] and roles["evaluators"]
+    roles = Roles.load()
+    roles.check_disjoint(manifest)
+    ensemble_families = {manifest[n].family for n in roles.ensemble}
+    evaluator_families = {manifest[n].family for n in roles.evaluators}
+    assert roles.ensemble and roles.evaluators
     assert not ensemble_families & evaluator_families
     # models looked at while tuning the attack may never report protection, nor be surrogates
-    tuning = set(roles.get("tuning", []))
-    assert tuning <= set(manifest) and not tuning & (set(roles["ensemble"]) | set(roles["evaluators"]))
+    assert set(roles.tuning) <= set(manifest) and not set(roles.tuning) & set(roles.needed)
+
+
+def test_roles_name_each_model_and_keep_the_manifest_order():
+    raw = json.loads(manifest_path().read_text(encoding="utf-8"))["roles"]
+    roles = Roles.load()
+    assert roles.ensemble == tuple(raw["ensemble"]) and roles.evaluators == tuple(raw["evaluators"])
+    assert roles.tuning == tuple(raw["tuning"]) and roles.why == raw["why"]
+    assert roles.needed == (*raw["ensemble"], *raw["evaluators"])
+    assert [roles.role_of(n) for n in ("facenet_casia", "dlib_resnet", "sface")] == ["ensemble", "evaluator", "tuning"]
+    assert roles.role_of("not_a_model") is None
+    assert load_roles() == {k: raw[k] for k in ("ensemble", "evaluators", "tuning", "why")}
+
+
+def test_roles_that_would_make_the_report_lie_are_refused():
+    manifest = load_manifest()
+    Roles(("facenet_casia",), ("dlib_resnet",), tuning=("sface",)).check_disjoint(manifest)
+    # two models of one family transfer an attack fully: one may not judge the other
+    same_family = {**manifest, "dlib_resnet": replace(manifest["dlib_resnet"], family="facenet-casia")}
+    with pytest.raises(ValueError, match=r"share model families \['facenet-casia'\]: the report would lie"):
+        Roles(("facenet_casia",), ("dlib_resnet",)).check_disjoint(same_family)
+    with pytest.raises(ValueError, match="tuning judges may not be in the ensemble or the evaluators: dlib_resnet"):
+        Roles(("facenet_casia",), ("dlib_resnet",), tuning=("sface", "dlib_resnet")).check_disjoint(manifest)
+    with pytest.raises(ValueError, match=r"unknown model\(s\): no_such_model"):
+        check_disjoint(["facenet_casia"], ["no_such_model"], manifest)
+    with pytest.raises(ValueError, match="at least one ensemble model and one evaluator"):
+        Roles((), ("dlib_resnet",)).check_disjoint(manifest)
 
 
 def _fake_source(tmp_path, payload: bytes, kind: str) -> SourceFile:
@@ -101,7 +145,7 @@ def test_cache_status_missing_corrupt_stale_and_ready(tmp_path, monkeypatch):
         registry.load_model("sface")
     save_weights("sface", {"w": torch.zeros(1)}, {"source_sha256": "old", "converter_version": "1"})
     assert registry.cache_status(spec).message.startswith("stale")
-    meta = {"source_sha256": spec.source.member_sha256, "converter_version": str(registry.CONVERTERS["sface"][1])}
+    meta = {"source_sha256": spec.source.member_sha256, "converter_version": str(registry.CONVERTER_VERSIONS["sface"])}
     save_weights("sface", {"w": torch.zeros(1)}, meta)
     assert registry.cache_status(spec).ready
 

@@ -141,7 +141,7 @@ def test_an_opencv_without_the_tensorflow_importer_means_no_reference(monkeypatc
 
     import numpy as np
 
-    from facecloak.core.zoo import facenet_graphdef
+    from facecloak.core.zoo.converters import facenet_casia
     from facecloak.core.zoo.registry import ReferenceUnavailable
 
     opencv5 = types.ModuleType("cv2")
@@ -149,4 +149,4 @@ def test_an_opencv_without_the_tensorflow_importer_means_no_reference(monkeypatc
     opencv5.dnn = types.SimpleNamespace(readNet=lambda *args: None)
     monkeypatch.setitem(sys.modules, "cv2", opencv5)
     with pytest.raises(ReferenceUnavailable, match=r"5\.1\.0 has no cv2\.dnn\.readNetFromTensorflow"):
-        facenet_graphdef.reference_embed([tmp_path / "graph.pb"], np.zeros((1, 160, 160, 3), np.uint8))
+        facenet_casia.reference_embed([tmp_path / "graph.pb"], np.zeros((1, 160, 160, 3), np.uint8))

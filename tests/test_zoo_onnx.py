@@ -9,8 +9,9 @@ import torch
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from facecloak.core.zoo.onnx_listing import derive_onnx_listing, state_from_onnx  # noqa: E402
-from facecloak.core.zoo.tfjs_graph import TfjsGraph  # noqa: E402
+from facecloak.core.zoo.graph import GraphNetwork  # noqa: E402
+from facecloak.core.zoo.graph.from_onnx import derive_onnx_listing  # noqa: E402
+from facecloak.core.zoo.graph.listing import checked_state  # noqa: E402
 
 
 def _tiny_graph(path, stride: int = 2, flatten: str = "Flatten") -> None:
@@ -58,8 +59,8 @@ def test_tiny_onnx_graph_runs_like_onnxruntime(tmp_path, flatten):
     _tiny_graph(path, flatten=flatten)
     listing, _ = derive_onnx_listing(path)
     assert "g=2" in listing and "p=1,1" in listing and "Prelu" in listing  # grouped, padded, PReLU fused
-    net = TfjsGraph(listing)
-    net.load_state_dict(state_from_onnx(path, listing), strict=True)
+    net = GraphNetwork(listing)
+    net.load_state_dict(checked_state(listing, derive_onnx_listing(path), path.name), strict=True)
     x = np.random.default_rng(1).random((1, 3, 8, 8), dtype=np.float32)
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     with torch.no_grad():
@@ -70,7 +71,7 @@ def test_tiny_onnx_graph_runs_like_onnxruntime(tmp_path, flatten):
 def test_a_file_of_another_topology_is_refused(tmp_path):
     listing, _ = derive_onnx_listing(_saved(tmp_path / "a.onnx", stride=2))
     with pytest.raises(ValueError, match="not the graph this converter was written for"):
-        state_from_onnx(_saved(tmp_path / "b.onnx", stride=1), listing)
+        checked_state(listing, derive_onnx_listing(_saved(tmp_path / "b.onnx", stride=1)), "b.onnx")
 
 
 def test_unsupported_ops_are_refused(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from facecloak.core.zoo import openface
+from facecloak.core.zoo.converters import openface
 
 NAME = "openface"
 

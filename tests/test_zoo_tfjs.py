@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from facecloak.core.zoo import sources as sources_module
+from facecloak.core.zoo.graph.from_tfjs import derive_listing, read_weights
+from facecloak.core.zoo.graph.listing import listing_mismatch
+from facecloak.core.zoo.graph.network import GraphNetwork, same_padding
 from facecloak.core.zoo.manifest import SourceFile
 from facecloak.core.zoo.sources import SourceError, extract_source
-from facecloak.core.zoo.tfjs_graph import TfjsGraph, derive_listing, listing_mismatch, read_weights, same_padding
 
 RNG = np.random.default_rng(0)
 
@@ -53,10 +55,10 @@ def _conv(name: str, op: str, inputs: list[str], stride: int, padding: str, fuse
     return {"name": name, "op": op, "input": inputs, "attr": attr}
 
 
-def _network(nodes: list[dict], weights: dict[str, np.ndarray], output: str) -> TfjsGraph:
+def _network(nodes: list[dict], weights: dict[str, np.ndarray], output: str) -> GraphNetwork:
     model = {"modelTopology": {"node": nodes}}
     listing, state = derive_listing(model, weights, output)
-    net = TfjsGraph(listing)
+    net = GraphNetwork(listing)
     net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
     return net
 
@@ -295,7 +297,7 @@ def test_frozen_app_tells_the_user_to_run_npm_pack(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["mobileface", "hse_faceres"])
-def test_embedded_listing_is_the_packaged_graph_and_matches_tfjs(name, model_sources, astronaut_photo, astronaut_faces):
+def test_shipped_listing_is_the_packaged_graph_and_matches_tfjs(name, model_sources, astronaut_photo, astronaut_faces):
     from facecloak.core.align import FaceAligner
     from facecloak.core.image import tensor_to_uint8
     from facecloak.core.zoo.registry import ReferenceUnavailable, converter
@@ -316,8 +318,8 @@ def test_embedded_listing_is_the_packaged_graph_and_matches_tfjs(name, model_sou
     assert np.abs(ours - reference).max() <= 1e-3
 
 
-def test_a_graph_other_than_the_embedded_one_is_refused(tmp_path, model_sources):
-    from facecloak.core.zoo import tfjs_mobileface
+def test_a_graph_other_than_the_shipped_one_is_refused(tmp_path, model_sources):
+    from facecloak.core.zoo.converters import mobileface
 
     model_json, weights_bin = model_sources("mobileface")
     graph = json.loads(model_json.read_text())
@@ -328,4 +330,4 @@ def test_a_graph_other_than_the_embedded_one_is_refused(tmp_path, model_sources)
     changed = tmp_path / "mobileface.json"
     changed.write_text(json.dumps(graph))
     with pytest.raises(ValueError, match="not the graph this converter was written for"):
-        tfjs_mobileface.convert([changed, weights_bin])
+        mobileface.convert([changed, weights_bin])

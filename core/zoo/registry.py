@@ -1,6 +1,6 @@
 """Build, cache and load the zoo's models.
 
-Each model has a converter module in this package exposing:
+Each model of the manifest has a converter module, ``converters/NAME.py``, exposing:
 
 - ``ALIGNMENT``: a :class:`~facecloak.core.align.TemplateAlignment` or ``BoxAlignment``;
 - ``build_network() -> nn.Module``: the architecture (uninitialised), taking aligned RGB crops
@@ -10,9 +10,12 @@ Each model has a converter module in this package exposing:
 - ``reference_embed(sources, crops) -> np.ndarray``: raw embeddings of ``N,h,w,3`` uint8 RGB
   crops from the model's reference runtime, raising ``ReferenceUnavailable`` when that runtime is
   not installed (used by the parity tests);
-- optionally ``BFLOAT16 = True`` where bfloat16 autocast speeds the network up (see ``FaceModel``).
+- optionally ``BFLOAT16 = True`` where bfloat16 autocast speeds the network up (see ``FaceModel``);
 - optionally ``FOLD_BATCH_NORMS = True`` where the network traces with ``torch.fx`` and its batch norms
   follow convolutions: they are folded into them at load (same embeddings, less work per step).
+
+For a model that runs as a graph listing, a :class:`~facecloak.core.zoo.graph.GraphModel` provides the three
+functions.
 """
 
 from __future__ import annotations
@@ -30,22 +33,23 @@ from .manifest import ModelSpec, load_manifest
 from .model import FaceModel, fold_batch_norms
 from .sources import Progress, extract_source
 
-# Bump a model's number when its converter changes, so stale caches are rebuilt.
-CONVERTERS: dict[str, tuple[str, int]] = {
-    "dlib_resnet": ("dlib_resnet", 1),
-    "facenet_casia": ("facenet_graphdef", 1),
-    "facenet_msceleb128": ("facenet_keras", 1),
-    "sface": ("sface", 1),
-    "openface": ("openface", 1),
-    "facenet_vggface2": ("facenet_tflite", 1),
-    "mobileface": ("tfjs_mobileface", 1),
-    "hse_faceres": ("tfjs_faceres", 1),
-    "insightface_mbf": ("insightface_mbf", 1),
-    "facesdk_mbf": ("facesdk_mbf", 1),
-    "faceplugin_mbf": ("faceplugin_mbf", 1),
-    "expo_mbf": ("expo_mbf", 1),
-    "edgeface_s": ("edgeface", 1),
-    "facelib_mobilenet": ("facelib_mobilenet", 1),
+# The version of each model's converter, stored with its cached weights: bump it when the converter changes, so
+# stale caches are rebuilt.
+CONVERTER_VERSIONS: dict[str, int] = {
+    "dlib_resnet": 1,
+    "facenet_casia": 1,
+    "facenet_msceleb128": 1,
+    "sface": 1,
+    "openface": 1,
+    "facenet_vggface2": 1,
+    "mobileface": 1,
+    "hse_faceres": 1,
+    "insightface_mbf": 1,
+    "facesdk_mbf": 1,
+    "faceplugin_mbf": 1,
+    "expo_mbf": 1,
+    "edgeface_s": 1,
+    "facelib_mobilenet": 1,
 }
 
 
@@ -58,11 +62,10 @@ class ModelNotReady(RuntimeError):
 
 
 def converter(name: str) -> ModuleType:
-    try:
-        module_name, _ = CONVERTERS[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(CONVERTERS)}") from None
-    return importlib.import_module(f"{__package__}.{module_name}")
+    """The converter module of model ``name`` (``converters/NAME.py``)."""
+    if name not in CONVERTER_VERSIONS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(CONVERTER_VERSIONS)}")
+    return importlib.import_module(f"{__package__}.converters.{name}")
 
 
 def source_paths(spec: ModelSpec, progress: Progress | None = None, allow_download: bool = True) -> list[Path]:
@@ -80,7 +83,7 @@ def build_cache(spec: ModelSpec, progress: Progress | None = None, allow_downloa
     network.load_state_dict(state, strict=True)  # the converted weights must fill the architecture exactly
     metadata = {
         "model": spec.name,
-        "converter_version": str(CONVERTERS[spec.name][1]),
+        "converter_version": str(CONVERTER_VERSIONS[spec.name]),
         "source_sha256": ",".join(s.member_sha256 for s in spec.sources),
     }
     return save_weights(spec.name, network.state_dict(), metadata)
@@ -101,8 +104,11 @@ def cache_status(spec: ModelSpec) -> CacheStatus:
         meta = read_metadata(spec.name)
     except Exception as err:  # safetensors raises several types for a damaged header
         return CacheStatus(False, f"corrupt ({type(err).__name__}): {rebuild}")
-    expected_sources = ",".join(s.member_sha256 for s in spec.sources)
-    if meta.get("source_sha256") != expected_sources or meta.get("converter_version") != str(CONVERTERS[spec.name][1]):
+    expected = {
+        "source_sha256": ",".join(s.member_sha256 for s in spec.sources),
+        "converter_version": str(CONVERTER_VERSIONS[spec.name]),
+    }
+    if any(meta.get(key) != value for key, value in expected.items()):
         return CacheStatus(False, f"stale (converted by an older FaceCloak): {rebuild}")
     return CacheStatus(True, "cached")
 

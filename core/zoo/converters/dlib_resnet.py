@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..align import TemplateAlignment
-from .registry import ReferenceUnavailable
+from ...align import TemplateAlignment
+from ..registry import ReferenceUnavailable
 
 INPUT_SIZE = 150
 CHIP_PADDING = 0.25  # face_recognition / dlib's compute_face_descriptor: get_face_chip(img, shape, 150, 0.25)

@@ -26,9 +26,9 @@ from facenet_pytorch.models.inception_resnet_v1 import BasicConv2d
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from torch import nn
 
-from ..align import BoxAlignment
-from .inception_resnet import STEM_LAYERS
-from .registry import ReferenceUnavailable
+from ...align import BoxAlignment
+from ..registry import ReferenceUnavailable
+from ._inception_resnet import STEM_LAYERS
 
 # facenet-pytorch's crop: MTCNN box plus 32 crop pixels of margin, 160x160.
 ALIGNMENT = BoxAlignment((160, 160), margin=32)
@@ -269,7 +269,10 @@ def reference_embed(sources: list[Path], crops: np.ndarray) -> np.ndarray:
     read_tensorflow = getattr(getattr(cv2, "dnn", None), "readNetFromTensorflow", None)
     if read_tensorflow is None:
         raise ReferenceUnavailable(f"OpenCV {cv2.__version__} has no cv2.dnn.readNetFromTensorflow")
-    net = read_tensorflow(str(sources[0]))
+    try:
+        net = read_tensorflow(str(sources[0]))
+    except cv2.error as err:  # OpenCV 4.10-4.14's graph simplifier rejects this graph (an assertion, not our bug)
+        raise ReferenceUnavailable(f"OpenCV {cv2.__version__} cannot import this graph: {str(err)[-120:]}") from err
     outputs = []
     for crop in np.asarray(crops, dtype=np.uint8):  # the graph's flatten is hard-wired to batch 1
         # blobFromImage: (pixel - mean) * scale, no channel swap, so the blob stays RGB like the crop

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..align import ARCFACE_112, TemplateAlignment
-from .onnx_listing import run_onnxruntime
+from ...align import ARCFACE_112, TemplateAlignment
+from ..graph.from_onnx import run_onnxruntime
 
 ALIGNMENT = TemplateAlignment((112, 112), ARCFACE_112)
 

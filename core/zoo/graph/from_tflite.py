@@ -1,9 +1,8 @@
-"""Float TFLite face-recognition graphs as listings for the graph interpreter of :mod:`.tfjs_graph`.
+"""Float TFLite graphs to listings, and LiteRT as their parity reference.
 
 A float32 ``.tflite`` file of a plain convolutional network (CONV_2D, DEPTHWISE_CONV_2D, element-wise
-RELU/ABS/ADD/SUB/MUL, PRELU, spatial PAD, MEAN, a RESHAPE that flattens, FULLY_CONNECTED) is written in the
-listing grammar of the TensorFlow.js graphs, so one interpreter runs all of them and each converter embeds its
-topology the same way. TFLite is NHWC like TF.js; weights are stored OHWI (convolutions) and ``1,H,W,C*M``
+RELU/ABS/ADD/SUB/MUL, PRELU, spatial PAD, MEAN, a RESHAPE that flattens, FULLY_CONNECTED) is written as a
+listing (:mod:`.listing`). TFLite is NHWC like TF.js; weights are stored OHWI (convolutions) and ``1,H,W,C*M``
 (depthwise) and are transposed here to torch's layouts. Two things are settled at conversion:
 
 - a TFLite file declares a fixed batch size (often 1 or 2); the listing drops it, and the final reshape
@@ -21,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .tfjs_graph import _ints, checked_state
+from ..registry import ReferenceUnavailable
+from .listing import ListingWriter, ints
 
 _FUSED_ACTIVATIONS = {0: [], 1: ["Relu"], 3: ["Relu6"]}  # tflite.ActivationFunctionType: NONE, RELU, RELU6
 _ELEMENTWISE = {"ADD": "Add", "SUB": "Sub", "MUL": "Mul"}
@@ -122,19 +121,13 @@ def _activation(op: _Op) -> list[str]:
     return _FUSED_ACTIVATIONS[code]
 
 
-class _Writer:
-    """Builds the listing: constants (``w0``, ``w1``...) and numbered op lines, with TFLite tensors aliased."""
+class _Writer(ListingWriter):
+    """A listing writer that knows the TFLite graph: its input is ``%0``, its stored tensors constants."""
 
     def __init__(self, graph: _Graph) -> None:
+        super().__init__()
         self.graph = graph
-        self.state: dict[str, np.ndarray] = {}
-        self.lines: list[str] = []
-        self.alias = {graph.input: "%0"}
-
-    def const(self, value: np.ndarray) -> str:
-        token = f"w{len(self.state)}"
-        self.state[token] = np.ascontiguousarray(value, dtype=np.float32)
-        return token
+        self.alias[graph.input] = "%0"
 
     def value(self, tensor: int) -> str:
         """An op's operand: a computed value, or a stored constant (4-D constants would need NHWC->NCHW)."""
@@ -144,10 +137,6 @@ class _Writer:
         if constant.ndim == 4:
             constant = constant.transpose(0, 3, 1, 2)
         return self.const(constant)
-
-    def emit(self, text: str, output: int) -> None:
-        self.lines.append(f"%{len(self.lines) + 1} = {text}")
-        self.alias[output] = f"%{len(self.lines)}"
 
 
 def _only_user(graph: _Graph, tensor: int, kind: str) -> int | None:
@@ -250,9 +239,9 @@ def derive_tflite_listing(path: Path) -> tuple[str, dict[str, np.ndarray]]:
             pads = graph.constants[op.inputs[1]]
             if pads.shape != (4, 2) or pads[0].any() or pads[3].any():
                 raise ValueError("only spatial padding of NHWC tensors is supported")
-            writer.emit(f"Pad {writer.alias[op.inputs[0]]} pads={_ints(pads[1:3])}", op.outputs[0])
+            writer.emit(f"Pad {writer.alias[op.inputs[0]]} pads={ints(pads[1:3])}", op.outputs[0])
         elif op.kind == "MEAN":
-            axes, keep = _ints(graph.constants[op.inputs[1]]), op.options.get("keep", 0)
+            axes, keep = ints(graph.constants[op.inputs[1]]), op.options.get("keep", 0)
             writer.emit(f"Mean {writer.alias[op.inputs[0]]} axes={axes} keep={keep}", op.outputs[0])
         elif op.kind == "FULLY_CONNECTED":
             _fully_connected(writer, op)
@@ -261,15 +250,9 @@ def derive_tflite_listing(path: Path) -> tuple[str, dict[str, np.ndarray]]:
             if len(out_shape) != 2 or out_shape[0] != batch:
                 raise ValueError(f"only a reshape to (batch, -1) is supported, not {out_shape}")
             writer.emit(f"Reshape {writer.alias[op.inputs[0]]} shape=-1,{out_shape[1]}", op.outputs[0])
-    if writer.alias.get(graph.output) != f"%{len(writer.lines)}":
+    if writer.alias.get(graph.output) != writer.last:
         raise ValueError("the graph's output is not its last op")
-    consts = [f"const {k} {'x'.join(map(str, v.shape)) or '-'}" for k, v in writer.state.items()]
-    return "\n".join([f"input {','.join(map(str, hwc))}", *consts, *writer.lines]), writer.state
-
-
-def state_from_tflite(path: Path, embedded: str) -> dict[str, torch.Tensor]:
-    """State dict of ``TfjsGraph(embedded)`` from a TFLite file, refusing a file of another topology."""
-    return checked_state(embedded, derive_tflite_listing(path), Path(path).name)
+    return writer.listing(hwc), writer.state
 
 
 def run_litert(path: Path, blobs: np.ndarray) -> np.ndarray:
@@ -284,8 +267,6 @@ def run_litert(path: Path, blobs: np.ndarray) -> np.ndarray:
         try:
             from tflite_runtime.interpreter import Interpreter
         except ImportError as err:
-            from .registry import ReferenceUnavailable
-
             raise ReferenceUnavailable("neither ai-edge-litert nor tflite-runtime is installed") from err
     interpreter = Interpreter(model_path=str(path), num_threads=1)
     interpreter.allocate_tensors()

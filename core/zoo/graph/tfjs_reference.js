@@ -1,7 +1,7 @@
 // Reference runtime for the tfjs graph models: TensorFlow.js (pure-JS CPU backend) in Node.
 // usage: node tfjs_reference.js MODEL_JSON WEIGHTS_BIN INPUT_F32 N,H,W,C OUTPUT_NODE OUTPUT_F32
 // INPUT_F32 holds N*H*W*C little-endian float32 values (NHWC, already preprocessed); the output
-// node's tensor is written as float32. Needs @tensorflow/tfjs on NODE_PATH (see tfjs_models.py).
+// node's tensor is written as float32. Needs @tensorflow/tfjs on NODE_PATH (see from_tfjs.py).
 const fs = require('fs');
 const tf = require('@tensorflow/tfjs');
 

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..align import ARCFACE_112, TemplateAlignment
-from .layers import PReLU
-from .onnx_listing import run_onnxruntime
+from ...align import ARCFACE_112, TemplateAlignment
+from ..graph.from_onnx import run_onnxruntime
+from ..layers import PReLU
 
 # OpenCV's FaceRecognizerSF.alignCrop warps the five landmarks onto InsightFace's 112x112 template.
 ALIGNMENT = TemplateAlignment((112, 112), ARCFACE_112)
