@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import kornia.filters as KF
 import numpy as np
@@ -175,8 +175,6 @@ class RobustnessConfig:
     gaussian_sigma: tuple[float, float] = (0.5, 3.0)
     jpeg_quality: tuple[int, int] = (50, 95)
     resize_scale: tuple[float, float] = (0.35, 1.0)
-    identity_weight: float = 1.0  # relative chance of the untouched image among the kinds
-    kinds_weight: dict[str, float] = field(default_factory=dict)
 
     def kinds(self) -> list[str]:
         kinds = ["identity"]
@@ -190,23 +188,21 @@ class RobustnessConfig:
 
 
 def sample_transforms(rng: random.Random, count: int, config: RobustnessConfig) -> list[Transform]:
-    """``count`` transforms drawn at random (kinds without replacement where possible)."""
+    """``count`` transforms drawn at random: each kind equally likely, without replacement until every enabled
+    kind (the untouched image among them) has been drawn, then again from all of them."""
     kinds = config.kinds()
-    weights = [config.kinds_weight.get(k, config.identity_weight if k == "identity" else 1.0) for k in kinds]
     chosen: list[str] = []
-    pool = list(zip(kinds, weights, strict=True))
+    pool: list[str] = []
     for _ in range(count):
         if not pool:
-            pool = list(zip(kinds, weights, strict=True))
-        total = sum(w for _, w in pool)
-        pick = rng.uniform(0, total)
-        for i, (kind, weight) in enumerate(pool):
-            pick -= weight
-            if pick <= 0 or i == len(pool) - 1:
-                chosen.append(kind)
-                pool.pop(i)
-                break
+            pool = list(kinds)
+        chosen.append(pool.pop(_uniform_index(rng, len(pool))))
     return [_sample_one(rng, kind, config) for kind in chosen]
+
+
+def _uniform_index(rng: random.Random, n: int) -> int:
+    """An index in ``range(n)``, each equally likely, from one ``rng.uniform`` draw."""
+    return min(n - 1, max(0, math.ceil(rng.uniform(0, float(n))) - 1))
 
 
 def _sample_one(rng: random.Random, kind: str, config: RobustnessConfig) -> Transform:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -11,19 +13,18 @@ from facecloak.core.attack import (
     CloakConfig,
     _BilinearUpsampler,
     _budget_scale,
-    _focus_weights,
     _largest_within,
-    _step_size,
     face_mask,
     face_region_bounds,
     parse_assignments,
     preset,
     texture_allowance,
     with_overrides,
+    working_region,
 )
 from facecloak.core.detect import Face
 from facecloak.core.quality import DSSIMTo, dssim
-from facecloak.core.transforms import RobustnessConfig
+from facecloak.core.transforms import RobustnessConfig, Transform
 from facecloak.core.zoo.manifest import load_manifest
 from facecloak.core.zoo.registry import cache_status, load_model
 
@@ -291,40 +292,44 @@ def test_gradient_smoothing_makes_the_change_smoother(surrogate, astronaut_photo
 def test_cached_lpips_backbone_joins_the_perceptual_term(
     surrogate, astronaut_photo, astronaut_faces, tmp_path, monkeypatch
 ):
+    """With LPIPS's backbone cached, each step's gradient gains ``quality_weight * lpips_weight`` times the
+    unit-scaled LPIPS gradient, and the attack's sign step down that part lowers LPIPS. The step is checked, not
+    a whole run: with the random stand-in backbone used here a run's effect on its own measure is not reliable."""
     from test_perceptual import fake_backbone
 
     from facecloak.core import perceptual
+    from facecloak.core.attack.cloak import _OnFace, _quantise
 
     without = Cloak([surrogate], small_config(steps=4))
     assert without.lpips is None or perceptual.lpips_available()
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     fake_backbone(perceptual.alexnet_checkpoint())  # a random AlexNet stands in for ImageNet's (no download)
-    # momentum 0.5: with this random stand-in backbone the term's effect on its own measure shows reliably only
-    # when steps accumulate (measured at momentum 0: 0.00028 with the term and without)
-    with_lpips = Cloak([surrogate], small_config(steps=10, lpips_weight=1.0, momentum=0.5))
-    assert with_lpips.lpips is not None and "LPIPS" in with_lpips.perceptual_terms
-    shared = Cloak([surrogate], small_config(steps=10), lpips=with_lpips.lpips)
+    with_lpips = Cloak([surrogate], small_config(lpips_weight=2.0))
+    assert with_lpips.lpips is not None and "LPIPS (alex) term x2" in with_lpips.perceptual_terms
+    shared = Cloak([surrogate], small_config(), lpips=with_lpips.lpips)
     assert shared.lpips is with_lpips.lpips  # a Cloak per preview reuses the loaded measure
-    dssim_only = Cloak([surrogate], small_config(steps=10, lpips_weight=0.0, momentum=0.5), lpips=with_lpips.lpips)
+    dssim_only = Cloak([surrogate], small_config(lpips_weight=0.0), lpips=with_lpips.lpips)
     assert dssim_only.lpips is None and "LPIPS" not in dssim_only.perceptual_terms
-    measure = perceptual.LPIPSMeasure()
-    y0, y1, x0, x1 = face_region_bounds(astronaut_faces[0], *astronaut_photo.shape[-2:])
-    scores = {}
-    for name, cloak in (("lpips", with_lpips), ("dssim", dssim_only)):
-        photo = cloak(astronaut_photo, astronaut_faces).photo
-        scores[name] = float(measure(photo[..., y0:y1, x0:x1], astronaut_photo[..., y0:y1, x0:x1])[0])
-    # measured: 0.00019 with the term, 0.00037 without (with this random backbone)
-    assert 0 < scores["lpips"] < 0.8 * scores["dssim"]
 
+    region = working_region(astronaut_photo, astronaut_faces[0], with_lpips.config, with_lpips.device)
+    clean = with_lpips._clean_embeddings(region)
+    delta = 4 / 255 * torch.randn(region.clean.shape, generator=torch.Generator().manual_seed(0)) * region.mask
 
-def test_model_emphasis_scales_that_models_say(surrogate, astronaut_photo, astronaut_faces):
-    plain = Cloak([surrogate], small_config(steps=1))(astronaut_photo, astronaut_faces)
-    stressed = Cloak([surrogate], small_config(steps=1, model_emphasis={SURROGATE: 3.0}))(
-        astronaut_photo, astronaut_faces
-    )
-    # the first step's loss is measured before any change, so only the weight differs
-    assert stressed.steps[0].loss == pytest.approx(3 * plain.steps[0].loss, rel=1e-5)
-    assert stressed.steps[0].similarity == plain.steps[0].similarity
+    def step_gradient(cloak: Cloak) -> torch.Tensor:
+        return cloak._gradient(region, delta, clean, [Transform()], [None])[3]
+
+    def distance(change: torch.Tensor) -> torch.Tensor:
+        protected = _quantise((region.clean + change * region.mask).clamp(0, 1))
+        return with_lpips.lpips.distance(protected, region.clean).sum()
+
+    added = step_gradient(with_lpips) - step_gradient(dssim_only)
+    change = delta.clone().requires_grad_(True)
+    (lpips_grad,) = torch.autograd.grad(distance(change), change)
+    assert float(torch.nn.functional.cosine_similarity(added.flatten(), lpips_grad.flatten(), dim=0)) > 0.99
+    on_face = _OnFace(region.mask, region.clean.dtype, 3)
+    assert float(on_face.magnitude(added)) == pytest.approx(1.0 * 2.0, rel=1e-3)  # quality_weight * lpips_weight
+    with torch.no_grad():
+        assert distance(delta - 1.5 / 255 * added.sign()) < distance(delta)
 
 
 def test_model_views_limits_the_views_a_model_sees(surrogate, astronaut_photo, astronaut_faces):
@@ -411,32 +416,31 @@ def test_expert_overrides_are_typed_and_unknown_knobs_refused():
             with_overrides(preset("mid"), parse_assignments(bad))
 
 
-def test_focus_gives_the_models_that_still_match_more_say():
-    similarities = {"still_matches": 0.8, "fooled": 0.2}
-    assert _focus_weights(similarities, 0.0) == {"still_matches": 1.0, "fooled": 1.0}
-    focus = _focus_weights(similarities, 0.1)
-    assert focus["still_matches"] > 100 * focus["fooled"]
-    assert sum(focus.values()) == pytest.approx(2.0)  # mean 1: the step's overall size is unchanged
-    assert _focus_weights(similarities, 10.0)["fooled"] == pytest.approx(1.0, abs=0.05)
+@pytest.mark.parametrize(
+    "knob",
+    [
+        "focus_temperature",
+        "step_decay",
+        "momentum",
+        "model_emphasis",
+        "robustness.identity_weight",
+        "robustness.kinds_weight",
+    ],
+)
+def test_knobs_outside_the_config_are_refused(knob):
+    with pytest.raises(ValueError, match=rf"^unknown knob {re.escape(knob)}; knobs: "):
+        with_overrides(preset("mid"), parse_assignments([f"{knob}=0"]))
 
 
-def test_step_decay_goes_from_coarse_to_fine():
-    config = small_config(steps=5, step_size=2 / 255, step_decay=0.75)
-    sizes = [_step_size(config, step, 5) * 255 for step in range(5)]
-    assert sizes == pytest.approx([2.0, 1.625, 1.25, 0.875, 0.5])
-    assert _step_size(small_config(step_size=2 / 255), 3, 5) == pytest.approx(2 / 255)
-    with pytest.raises(ValueError, match="step_decay"):
-        small_config(step_decay=1.5)
-
-
-def test_native_size_faces_get_their_own_smoothing_and_allocation(surrogate, astronaut_photo, astronaut_faces):
+def test_native_size_faces_get_their_own_smoothing_and_allocation(astronaut_photo, astronaut_faces):
     """A face no larger than the working size is attacked at its own resolution with the native_* knobs; a
     large face (here the same photo at 3x) is downscaled and gets gradient_sigma and texture_allocation."""
     face = astronaut_faces[0]
     assert max(face.width, face.height) <= CloakConfig().work_face_size
     large_photo, large_face = enlarged(astronaut_photo, face, 3)
-    cloak = Cloak([surrogate], small_config(native_texture_allocation=1.0, texture_allocation=0.0))
-    small, large = cloak._region(astronaut_photo, face), cloak._region(large_photo, large_face)
+    config = small_config(native_texture_allocation=1.0, texture_allocation=0.0)
+    small = working_region(astronaut_photo, face, config, torch.device("cpu"))
+    large = working_region(large_photo, large_face, config, torch.device("cpu"))
     assert small.native and not large.native
     assert small.clean.shape[-2:] == astronaut_photo[..., small.y0 : small.y1, small.x0 : small.x1].shape[-2:]
     assert float(small.allowance.std()) > 0.1  # shaped by the face's texture

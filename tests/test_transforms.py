@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from facecloak.core.transforms import (
+    KINDS,
     RobustnessConfig,
     Transform,
     evaluation_transforms,
@@ -87,6 +88,30 @@ def test_disabled_robustness_kinds_are_never_sampled():
     config = RobustnessConfig(blur=False, jpeg=False)
     kinds = {t.kind for t in sample_transforms(random.Random(1), 30, config)}
     assert kinds <= {"identity", "resize"}
+
+
+def test_every_enabled_kind_is_drawn_once_before_any_is_drawn_again():
+    for seed in range(20):
+        kinds = [t.kind for t in sample_transforms(random.Random(seed), 2 * len(KINDS), RobustnessConfig())]
+        assert sorted(kinds[: len(KINDS)]) == sorted(KINDS) == sorted(kinds[len(KINDS) :])
+
+
+def test_a_seed_always_draws_the_same_transforms():
+    """Protected photos depend on this sequence: any change to the sampling changes every result."""
+    names = [t.name for t in sample_transforms(random.Random(0), 9, RobustnessConfig())]
+    assert names == [
+        "jpeg q87",
+        "motion k5 91deg",
+        "median k7",
+        "gaussian k5 s2.38951",
+        "box k11",
+        "none",
+        "resize x0.81",
+        "median k11",
+        "box k11",
+    ]
+    names = [t.name for t in sample_transforms(random.Random(5), 4, RobustnessConfig(blur=False))]
+    assert names == ["jpeg q91", "resize x0.92", "none", "resize x0.36"]
 
 
 def test_real_jpeg_changes_pixels_more_at_lower_quality():
