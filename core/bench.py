@@ -1,14 +1,27 @@
-"""Benchmarks behind ``facecloak bench``: they print numbers and write them to docs/BENCHMARKS.md."""
+"""Benchmarks behind ``facecloak bench``: they print numbers and, given ``--results``, update that results page.
+
+Every path is explicit. ``--data`` names the photos (default: the folder in ``$FACECLOAK_DATA``, which holds
+``lfw/``, ``lfw_protocol/`` and ``people/``); ``--results`` names the results page (docs/BENCHMARKS.md of a
+checkout) whose own section the benchmark replaces, and without it the numbers are only printed; ``bench lfw
+--manifest`` names the models.json that stores the measured thresholds. Nothing is read from the working directory
+or written into the installed package by default.
+
+Each benchmark owns one section of the page, between ``<!-- key:start -->`` and ``<!-- key:end -->``; a section
+that is missing is created at the end of its group (``## Protection by preset``, ``## Speed``, ...).
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import platform
 import re
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,54 +30,139 @@ import torch
 from .device import configure_cpu_threads
 from .files import replace_atomically
 
-BENCHMARKS_MD = Path("docs/BENCHMARKS.md")
+DATA_ENV = "FACECLOAK_DATA"
+DATA_VARIABLE = f"${DATA_ENV}"  # how commands on the results page name the data folder
+SPEED_PHOTO = Path("people") / "person_02" / "img49.jpg"  # the speed benchmark's photo, inside the data folder
+NEW_PAGE = "# FaceCloak benchmarks\n"
 
+# Groups of the results page, in page order; a missing section is created at the end of its group.
+PROTECTION_GROUP = "## Protection by preset"
+SPEED_GROUP = "## Speed"
+THRESHOLDS_GROUP = "## Thresholds: the models on LFW"
+_GROUP_OF_KEY = (("protect-", PROTECTION_GROUP), ("speed", SPEED_GROUP), ("album", SPEED_GROUP))
+_GROUP_OF_KEY += (("model-speed", SPEED_GROUP), ("lfw", THRESHOLDS_GROUP))
 
+# Options that name where results go: they do not change a number, and their paths are this machine's.
+_OUTPUT_OPTIONS = ("--output", "--results", "--manifest", "--crops")
+_OUTPUT_FLAGS = ("--write-manifest",)  # the older way to store LFW thresholds, still in stored commands
+
+_HEADING = re.compile(r"^(#{1,6}) ")
+_MARKER = re.compile(r"^<!-- (.+):(start|end) -->$")
 _SPEED_ROW = re.compile(r"^\| (\w+) \| (\d+x\d+) \| (\d+) \| (\d+) \| \d+ \|$")
 
 
-def model_speed_table(rows: list[tuple[str, str, float, float]], repeats: int, subset: bool) -> str:
-    """The model-speed section; a run on some models (``subset``) keeps the other models' rows already there and
-    names both commands."""
-    command = f"`facecloak {' '.join(sys.argv[1:])}` ({machine_line()}); median of {repeats} runs"
-    header = f"Command: {command}."
-    measured = {row[0]: row for row in rows}
-    old = read_markdown_section(BENCHMARKS_MD, "model-speed") if subset else ""
-    kept = {}
-    for line in old.splitlines():
-        if line.startswith("Command:"):
-            header = f"{line.rstrip('.')}; rows of {', '.join(measured)} re-measured by {command}."
-        elif match := _SPEED_ROW.match(line):
-            name, size, one, eight = match.groups()
-            kept[name] = (name, size, float(one), float(eight))
-    merged = [measured[name] if name in measured else kept[name] for name in _zoo_order([*kept, *measured])]
-    lines = [
-        "## Model speed: forward + backward on the CPU",
-        "",
-        header,
-        "",
-        "| model | input | 1 face (ms) | batch of 8 (ms) | per face in batch (ms) |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [f"| {n} | {s} | {a:.0f} | {b:.0f} | {b / 8:.0f} |" for n, s, a, b in merged]
-    return "\n".join(lines)
+class BenchInputError(Exception):
+    """A benchmark cannot start with what it was given (a missing folder, an unreadable manifest)."""
 
 
-def _zoo_order(names: list[str]) -> list[str]:
-    from .zoo.manifest import load_manifest
+def reports_input_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn a :class:`BenchInputError` into its message on stderr and exit code 2."""
 
-    order = {name: i for i, name in enumerate(load_manifest())}
-    return sorted(set(names), key=lambda n: (order.get(n, len(order)), n))
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except BenchInputError as err:
+            print(err, file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+# --- paths -----------------------------------------------------------------------------------------------------
+
+
+def env_data_root() -> Path | None:
+    value = os.environ.get(DATA_ENV)
+    return Path(value) if value else None
+
+
+def data_root(given: Path | None) -> Path:
+    """The data folder: ``given`` (``--data``), else ``$FACECLOAK_DATA``; a clear error when neither is set."""
+    root = given or env_data_root()
+    if root is None:
+        raise BenchInputError(
+            f"no data folder: pass --data DIR or set {DATA_ENV} to a folder holding lfw/, lfw_protocol/ and people/"
+        )
+    return root
+
+
+def data_folders(given: Sequence[Path] | None, default_names: Sequence[str]) -> tuple[list[Path], Path | None]:
+    """The labelled photo folders a benchmark reads (``--data``, else these names inside ``$FACECLOAK_DATA``), and
+    the folder that commands on the results page name ``$FACECLOAK_DATA``."""
+    if not given:
+        root = data_root(None)
+        return [root / name for name in default_names], root
+    env = env_data_root()
+    if env is not None and all(_inside(folder, env) for folder in given):
+        return list(given), env
+    try:
+        return list(given), Path(os.path.commonpath([str(folder.resolve().parent) for folder in given]))
+    except ValueError:  # folders on different drives share no root
+        return list(given), None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def portable_path(path: Path | str, root: Path | None) -> str:
+    """``path`` as the results page shows it: relative to ``$FACECLOAK_DATA`` when inside ``root``, else ``.../``
+    and its name (a path of this machine means nothing elsewhere)."""
+    path = Path(path)
+    if root is not None and _inside(path, root):
+        relative = path.resolve().relative_to(root.resolve()).as_posix()
+        return DATA_VARIABLE if relative == "." else f"{DATA_VARIABLE}/{relative}"
+    return f".../{path.name}" if path.is_absolute() or len(path.parts) > 1 else str(path)
+
+
+def _looks_like_path(word: str) -> bool:
+    """A path of this machine, not a ``$VARIABLE/...`` already portable nor a JSON argument (``bench tune``)."""
+    if word.startswith(("$", "{", "-")):
+        return False
+    return "/" in word or os.sep in word or word.startswith(("~", "."))
+
+
+def portable_command(argv: Sequence[str], root: Path | None) -> str:
+    """The command line as the results page shows it: no output options, data paths under ``$FACECLOAK_DATA``."""
+    words: list[str] = []
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        option, has_value, value = word.partition("=")
+        if option in _OUTPUT_OPTIONS or word in _OUTPUT_FLAGS:
+            index += 1 if has_value or word in _OUTPUT_FLAGS else 2
+            continue
+        if has_value and option.startswith("--") and _looks_like_path(value):
+            word = f"{option}={portable_path(value, root)}"
+        elif _looks_like_path(word):
+            word = portable_path(word, root)
+        words.append(word)
+        index += 1
+    return " ".join(["facecloak", *words])
+
+
+def this_command(root: Path | None) -> str:
+    """This process's ``facecloak ...`` command, for the results page."""
+    return portable_command(sys.argv[1:], root)
+
+
+# --- the results page ------------------------------------------------------------------------------------------
 
 
 def _section_markers(key: str) -> tuple[str, str]:
     return f"<!-- {key}:start -->", f"<!-- {key}:end -->"
 
 
-def read_markdown_section(path: Path, key: str) -> str:
+def section_group(key: str) -> str | None:
+    """The group heading a section belongs under (None: the end of the page)."""
+    return next((group for prefix, group in _GROUP_OF_KEY if key.startswith(prefix)), None)
+
+
+def read_markdown_section(path: Path | None, key: str) -> str:
     """The text between ``<!-- key:start -->`` and ``<!-- key:end -->``, or "" when there is none."""
     start, end = _section_markers(key)
-    text = path.read_text() if path.is_file() else ""
+    text = path.read_text() if path is not None and path.is_file() else ""
     if start not in text or end not in text:
         return ""
     return text.split(start, 1)[1].split(end, 1)[0]
@@ -86,21 +184,70 @@ def _exclusive(path: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _group_end(lines: list[str], start: int) -> int:
+    """Index of the first line after the group whose heading is ``lines[start]``: the next heading of the same or a
+    higher level, outside code fences and generated sections."""
+    level = len(_HEADING.match(lines[start]).group(1))
+    in_fence = in_section = False
+    for index in range(start + 1, len(lines)):
+        line = lines[index]
+        if line.startswith("```"):
+            in_fence = not in_fence
+        elif marker := _MARKER.match(line):
+            in_section = marker.group(2) == "start"
+        elif not in_fence and not in_section and (heading := _HEADING.match(line)) and len(heading.group(1)) <= level:
+            return index
+    return len(lines)
+
+
+def _insert_section(text: str, block: str, group: str | None) -> str:
+    """``text`` with ``block`` added at the end of ``group`` (created at the end of the page when missing)."""
+    lines = text.rstrip().splitlines()
+    if group is None or group not in lines:
+        heading = [group, ""] if group is not None else []
+        return "\n".join([*lines, "", *heading, block]) + "\n"
+    end = _group_end(lines, lines.index(group))
+    head, rest = lines[:end], lines[end:]
+    while head and not head[-1].strip():
+        head.pop()
+    return "\n".join([*head, "", block, *(["", *rest] if rest else [])]) + "\n"
+
+
 def update_markdown_section(path: Path, key: str, body: str) -> None:
-    """Replace (or append) the block between ``<!-- key:start -->`` and ``<!-- key:end -->``."""
+    """Replace the block between ``<!-- key:start -->`` and ``<!-- key:end -->``; when the page has none, add it at
+    the end of its group (:func:`section_group`). The rest of the page is left as it is."""
     start, end = _section_markers(key)
     block = f"{start}\n{body.rstrip()}\n{end}"
     path.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(path):
-        text = path.read_text() if path.is_file() else "# FaceCloak benchmarks\n"
+        text = path.read_text() if path.is_file() else NEW_PAGE
         if start in text and end in text:
             before, rest = text.split(start, 1)
             _, after = rest.split(end, 1)
             text = before + block + after
         else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        # whole-file replace: a benchmark killed mid-write must not leave a truncated BENCHMARKS.md
+            text = _insert_section(text, block, section_group(key))
+        # whole-file replace: a benchmark killed mid-write must not leave a truncated page
         replace_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def write_section(results: Path | None, key: str, body: str) -> None:
+    """Update section ``key`` of the results page, or say how to when no page was named."""
+    if results is None:
+        print("(results page not updated: pass --results docs/BENCHMARKS.md to write this section)")
+        return
+    update_markdown_section(results, key, body)
+    print(f"updated section '{key}' of {results}")
+
+
+def check_results_page(results: Path | None) -> None:
+    """Refuse, before any work, a results page that cannot be one."""
+    if results is not None and results.is_dir():
+        raise BenchInputError(f"--results {results} is a folder: name the page itself, e.g. docs/BENCHMARKS.md")
+
+
+def write_json(path: Path, data: object) -> None:
+    replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def machine_line(threads: bool = True) -> str:
@@ -123,22 +270,50 @@ def _ready_models(names: list[str] | None) -> list[str]:
     return ready
 
 
+# --- bench lfw -------------------------------------------------------------------------------------------------
+
+
+def _read_manifest_file(path: Path) -> dict:
+    """The JSON of a models.json, checked to be one."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BenchInputError(f"--manifest {path}: not a readable models.json ({err})") from err
+    if not isinstance(raw, dict) or not isinstance(raw.get("models"), list):
+        raise BenchInputError(f'--manifest {path}: not a models.json (no "models" list)')
+    return raw
+
+
+def store_verification(path: Path, results: dict[str, dict], command: str) -> list[str]:
+    """Store each model's LFW numbers in the models.json at ``path`` (atomically); the names it does not list."""
+    raw = _read_manifest_file(path)
+    stored = set()
+    for entry in raw["models"]:
+        if entry.get("name") in results:
+            entry["verification"] = results[entry["name"]] | {"command": command}
+            stored.add(entry["name"])
+    replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8"))
+    return sorted(set(results) - stored)
+
+
+@reports_input_errors
 def run_lfw_benchmark(args: argparse.Namespace) -> int:
     from .detect import FaceDetector
     from .verification import build_pair_set, evaluate_model
-    from .zoo.manifest import load_manifest, manifest_path
+    from .zoo.manifest import load_manifest
     from .zoo.registry import load_model
 
-    lfw_dir, pairs_file = args.data / "lfw", args.data / "lfw_protocol" / "pairs.txt"
+    root = data_root(args.data)
+    lfw_dir, pairs_file = root / "lfw", root / "lfw_protocol" / "pairs.txt"
     if not lfw_dir.is_dir() or not pairs_file.is_file():
-        print(f"LFW not found under {args.data} (expected lfw/ and lfw_protocol/pairs.txt)", file=sys.stderr)
-        return 2
+        raise BenchInputError(f"LFW not found under {root} (expected lfw/ and lfw_protocol/pairs.txt)")
+    if args.manifest is not None:
+        _read_manifest_file(args.manifest)  # before an hour of work, not after
+    check_results_page(args.results)
     configure_cpu_threads()
     names = _ready_models(args.models)
     if not names:
-        print("no model is ready: run 'facecloak models --build'", file=sys.stderr)
-        return 2
-    command = "facecloak " + " ".join(sys.argv[1:])
+        raise BenchInputError("no model is ready: run 'facecloak models --build'")
     t0 = time.perf_counter()
     pair_set = build_pair_set(lfw_dir, pairs_file, FaceDetector(), args.pairs, args.impostors)
     print(
@@ -151,35 +326,25 @@ def run_lfw_benchmark(args: argparse.Namespace) -> int:
     for name in names:
         t1 = time.perf_counter()
         result = evaluate_model(load_model(name), pair_set)
-        results[name] = result
-        spec = manifest[name]
+        results[name] = result.to_dict()
         print(
-            f"{name}: accuracy {result.accuracy * 100:.2f}% (reference {_claimed(spec)}), "
+            f"{name}: accuracy {result.accuracy * 100:.2f}% (reference {_claimed(manifest[name])}), "
             f"AUC {result.auc:.4f}, thr@FAR1e-2 {result.threshold_far_1e2:.3f}, thr@FAR1e-3 "
             f"{result.threshold_far_1e3:.3f}, TAR@FAR1e-3 {result.tar_far_1e3 * 100:.1f}% "
             f"({time.perf_counter() - t1:.0f} s)",
             flush=True,
         )
     if args.output:
-        args.output.write_text(json.dumps({n: r.to_dict() for n, r in results.items()}, indent=2))
-    if args.write_manifest:
-        store_verification({n: r.to_dict() for n, r in results.items()}, command)
-        print(f"stored in {manifest_path()}")
-    table = lfw_table(load_manifest())
+        write_json(args.output, results)
+    if args.manifest is None:
+        print("thresholds not stored: pass --manifest resources/models.json (of a checkout) to store them")
+    else:
+        missing = store_verification(args.manifest, results, this_command(root))
+        print(f"stored in {args.manifest}" + (f"; not listed there: {', '.join(missing)}" if missing else ""))
+    table = lfw_table(load_manifest(args.manifest))
     print("\n" + table)
-    update_markdown_section(BENCHMARKS_MD, "lfw", table)
+    write_section(args.results, "lfw", table)
     return 0
-
-
-def store_verification(results: dict[str, dict], command: str) -> None:
-    from .zoo.manifest import manifest_path
-
-    path = manifest_path()
-    raw = json.loads(path.read_text())
-    for entry in raw["models"]:
-        if entry["name"] in results:
-            entry["verification"] = results[entry["name"]] | {"command": command}
-    path.write_text(json.dumps(raw, indent=2) + "\n")
 
 
 def _claimed(spec) -> str:
@@ -187,10 +352,19 @@ def _claimed(spec) -> str:
     return "not stated" if claimed is None else f"{claimed * 100:.1f}%"
 
 
+def _stored_command(command: str) -> str:
+    """A command stored in the manifest, as the page shows it: its ``--data`` (LFW's root) is ``$FACECLOAK_DATA``."""
+    words = command.split()[1:] if command.startswith("facecloak ") else command.split()
+    root = next((Path(words[i + 1]) for i, w in enumerate(words[:-1]) if w == "--data"), None)
+    if root is not None and str(root).startswith("$"):
+        root = None
+    return portable_command(words, root)
+
+
 def lfw_table(manifest: dict) -> str:
     """The LFW table of every model measured so far, from the manifest (one source of truth)."""
     lines = [
-        "## LFW verification of the model zoo",
+        "### LFW verification of the model zoo",
         "",
         f"Machine: {machine_line(threads=False)}. MTCNN detection, the face nearest the centre of each LFW photo,",
         "each model's own alignment. Same-person pairs: LFW `pairs.txt` pairs whose photos are in `lfw/`;",
@@ -208,9 +382,45 @@ def lfw_table(manifest: dict) -> str:
         lines.append(
             f"| {spec.name} | {r.accuracy * 100:.2f}% | {_claimed(spec)} | {r.auc:.4f} "
             f"| {r.threshold_far_1e2:.3f} | {r.threshold_far_1e3:.3f} | {r.tar_far_1e3 * 100:.1f}% "
-            f"| {r.pairs_same} / {r.pairs_different} | `{r.command}` |"
+            f"| {r.pairs_same} / {r.pairs_different} | `{_stored_command(r.command)}` |"
         )
     return "\n".join(lines)
+
+
+# --- bench models ----------------------------------------------------------------------------------------------
+
+
+def model_speed_table(rows: list[tuple[str, str, float, float]], repeats: int, previous: str = "") -> str:
+    """The model-speed section. ``previous`` is the section already on the page when only some models were
+    measured: the other models' rows are kept and both commands named."""
+    command = f"`{this_command(None)}` ({machine_line()}); median of {repeats} runs"
+    header = f"Command: {command}."
+    measured = {row[0]: row for row in rows}
+    kept = {}
+    for line in previous.splitlines():
+        if line.startswith("Command:"):
+            header = f"{line.rstrip('.')}; rows of {', '.join(measured)} re-measured by {command}."
+        elif match := _SPEED_ROW.match(line):
+            name, size, one, eight = match.groups()
+            kept[name] = (name, size, float(one), float(eight))
+    merged = [measured[name] if name in measured else kept[name] for name in _zoo_order([*kept, *measured])]
+    lines = [
+        "### Model speed: forward + backward on the CPU",
+        "",
+        header,
+        "",
+        "| model | input | 1 face (ms) | batch of 8 (ms) | per face in batch (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {n} | {s} | {a:.0f} | {b:.0f} | {b / 8:.0f} |" for n, s, a, b in merged]
+    return "\n".join(lines)
+
+
+def _zoo_order(names: list[str]) -> list[str]:
+    from .zoo.manifest import load_manifest
+
+    order = {name: i for i, name in enumerate(load_manifest())}
+    return sorted(set(names), key=lambda n: (order.get(n, len(order)), n))
 
 
 def _time_it(fn, repeats: int) -> float:
@@ -223,9 +433,11 @@ def _time_it(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+@reports_input_errors
 def run_model_speed_benchmark(args: argparse.Namespace) -> int:
     from .zoo.registry import load_model
 
+    check_results_page(args.results)
     configure_cpu_threads()
     rows = []
     for name in _ready_models(args.models):
@@ -242,10 +454,16 @@ def run_model_speed_benchmark(args: argparse.Namespace) -> int:
             timings.append(_time_it(step, args.repeats))
         rows.append((name, f"{w}x{h}", timings[0] * 1000, timings[1] * 1000))
         print(f"{name}: forward+backward {timings[0] * 1000:.0f} ms (1 face), {timings[1] * 1000:.0f} ms (8 faces)")
-    update_markdown_section(BENCHMARKS_MD, "model-speed", model_speed_table(rows, args.repeats, bool(args.models)))
+    previous = read_markdown_section(args.results, "model-speed") if args.models else ""
+    table = model_speed_table(rows, args.repeats, previous)
+    print("\n" + table)
+    write_section(args.results, "model-speed", table)
     if args.output:
-        args.output.write_text(json.dumps(rows))
+        write_json(args.output, rows)
     return 0
+
+
+# --- bench speed -----------------------------------------------------------------------------------------------
 
 
 def _resize_to_megapixels(photo: torch.Tensor, megapixels: float) -> torch.Tensor:
@@ -259,6 +477,11 @@ def _resize_to_megapixels(photo: torch.Tensor, megapixels: float) -> torch.Tenso
     return F.interpolate(photo, size=(round(h * scale), round(w * scale)), mode="bilinear", align_corners=False)
 
 
+def speed_heading(width: int, height: int, photo_name: str, faces: int) -> str:
+    return f"### Protecting one {width * height / 1e6:.1f} MP photo (`{photo_name}`, {faces} face(s)), per preset"
+
+
+@reports_input_errors
 def run_speed_benchmark(args: argparse.Namespace) -> int:
     """Seconds to protect the faces of one real photo per preset, detection included; peak memory."""
     import resource
@@ -267,10 +490,13 @@ def run_speed_benchmark(args: argparse.Namespace) -> int:
     from .image import load_image
     from .protect import Protector
 
+    if args.repeats < 1:
+        raise BenchInputError("--repeats must be at least 1")
+    photo_path = args.photo or data_root(args.data) / SPEED_PHOTO
+    if not photo_path.is_file():
+        raise BenchInputError(f"{photo_path} not found (pass --photo, or --data DIR holding {SPEED_PHOTO})")
+    check_results_page(args.results)
     configure_cpu_threads()
-    if not args.photo.is_file():
-        print(f"{args.photo} not found (pass --photo)", file=sys.stderr)
-        return 2
     rows = []
     for name in args.presets:
         protector = Protector(preset(name), ensemble=args.ensemble, device=args.device)
@@ -279,7 +505,7 @@ def run_speed_benchmark(args: argparse.Namespace) -> int:
             # (the album case, measured by 'bench album')
             protector.cloak.memory.clear()
             t0 = time.perf_counter()
-            photo = load_image(args.photo)
+            photo = load_image(photo_path)
             if args.megapixels:
                 photo = _resize_to_megapixels(photo, args.megapixels)
             t1 = time.perf_counter()
@@ -299,17 +525,130 @@ def run_speed_benchmark(args: argparse.Namespace) -> int:
             del photo, result
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:.0f} MB")
+    root = args.data or env_data_root()
     lines = [
-        "## Speed: protecting one photo on this CPU",
+        speed_heading(rows[0][1], rows[0][2], photo_path.name, rows[0][3]),
         "",
-        f"Command: `facecloak {' '.join(sys.argv[1:])}` ({machine_line()}); photo "
-        f"`{args.photo.name}`; ensemble {', '.join(protector.ensemble_names)}. Peak RSS of the whole run: "
-        f"{peak:.0f} MB.",
+        f"Command: `{this_command(root)}` ({machine_line()}); photo `{portable_path(photo_path, root)}`; ensemble "
+        f"{', '.join(protector.ensemble_names)}; detection included, every counted run cold (no warm start from an "
+        f"earlier photo). Peak RSS of the whole run: {peak:.0f} MB.",
         "",
         "| preset | photo | faces | load (s) | detect (s) | protect (s) | total (s) |",
         "|---|---|---|---|---|---|---|",
     ]
     lines += [f"| {p} | {w}x{h} | {n} | {a:.1f} | {b:.1f} | {c:.1f} | {d:.1f} |" for p, w, h, n, a, b, c, d in rows]
-    key = f"speed-{args.megapixels:g}mp" if args.megapixels else "speed"
-    update_markdown_section(BENCHMARKS_MD, key, "\n".join(lines))
+    print("\n" + "\n".join(lines))
+    write_section(args.results, f"speed-{args.megapixels:g}mp" if args.megapixels else "speed", "\n".join(lines))
     return 0
+
+
+# --- the command line ------------------------------------------------------------------------------------------
+
+_RESULTS_HELP = (
+    "results page whose section this benchmark replaces, e.g. docs/BENCHMARKS.md of a checkout "
+    "(default: none, the numbers are only printed)"
+)
+
+
+def add_data_argument(parser: argparse.ArgumentParser, help_text: str, many: bool = False) -> None:
+    parser.add_argument("--data", type=Path, nargs="+" if many else None, default=None, metavar="DIR", help=help_text)
+
+
+def add_results_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", type=Path, default=None, metavar="BENCHMARKS_MD", help=_RESULTS_HELP)
+
+
+def _add_lfw_arguments(lfw: argparse.ArgumentParser) -> None:
+    add_data_argument(
+        lfw, f"folder holding lfw/ and lfw_protocol/pairs.txt (default: ${DATA_ENV}; one of the two must be set)"
+    )
+    lfw.add_argument("--models", nargs="*", help="models to measure (default: every ready model)")
+    lfw.add_argument(
+        "--pairs", type=int, default=None, help="use only the first N same-person pairs (default: all of them)"
+    )
+    lfw.add_argument("--impostors", type=int, default=50_000, help="different-person pairs to sample (default: 50000)")
+    lfw.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        metavar="MODELS_JSON",
+        help="store the measured accuracy and thresholds in this models.json, e.g. resources/models.json of a "
+        "checkout (default: none, nothing is stored)",
+    )
+    lfw.add_argument("--output", type=Path, default=None, help="write the results as JSON here (default: none)")
+    add_results_argument(lfw)
+
+
+def _add_speed_arguments(speed: argparse.ArgumentParser) -> None:
+    add_data_argument(
+        speed,
+        f"folder holding {SPEED_PHOTO.as_posix()}, the photo timed unless --photo is given (default: ${DATA_ENV})",
+    )
+    speed.add_argument(
+        "--photo", type=Path, default=None, help=f"photo to time (default: {SPEED_PHOTO.as_posix()} of the data folder)"
+    )
+    speed.add_argument(
+        "--presets", nargs="+", default=["low", "mid", "high"], help="presets to time (default: low mid high)"
+    )
+    speed.add_argument("--faces", type=int, default=1, help="protect at most this many faces (default: 1)")
+    speed.add_argument("--repeats", type=int, default=1, help="timed runs per preset (default: 1)")
+    speed.add_argument(
+        "--megapixels", type=float, default=None, help="resample the photo to this size first (default: as it is)"
+    )
+    speed.add_argument("--ensemble", nargs="+", default=None, help="attack models (default: the manifest's)")
+    speed.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="auto takes CUDA, then Apple MPS, then the CPU (default: auto)",
+    )
+    add_results_argument(speed)
+
+
+def _add_model_speed_arguments(models: argparse.ArgumentParser) -> None:
+    models.add_argument("--models", nargs="*", help="models to time (default: every ready model)")
+    models.add_argument("--repeats", type=int, default=5, help="timed runs per model (default: 5)")
+    models.add_argument("--output", type=Path, default=None, help="write the results as JSON here (default: none)")
+    add_results_argument(models)
+
+
+def add_bench_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``facecloak bench`` and its subcommands on the command line's ``subparsers``."""
+    from . import bench_protect, bench_tune
+
+    bench = subparsers.add_parser(
+        "bench", help="benchmarks: print numbers; --results PAGE updates that page's section (docs/BENCHMARKS.md)"
+    )
+    sub = bench.add_subparsers(dest="bench", required=True)
+    commands: list[tuple[str, str, Callable, Callable]] = [
+        ("lfw", "LFW verification of each model (accuracy, AUC, thresholds)", _add_lfw_arguments, run_lfw_benchmark),
+        (
+            "protect",
+            "protection on labelled photos, held-out evaluators",
+            bench_protect.add_arguments,
+            bench_protect.run_protect_benchmark,
+        ),
+        (
+            "tune",
+            "compare attack settings on tuning judges (never the evaluators)",
+            bench_tune.add_arguments,
+            bench_tune.run_tune_benchmark,
+        ),
+        (
+            "album",
+            "album warm starts: time and protection, cold vs warm",
+            bench_protect.add_album_arguments,
+            bench_protect.run_album_benchmark,
+        ),
+        ("speed", "seconds to protect one real photo per preset", _add_speed_arguments, run_speed_benchmark),
+        (
+            "models",
+            "CPU time of forward+backward per model, 1 face and a batch",
+            _add_model_speed_arguments,
+            run_model_speed_benchmark,
+        ),
+    ]
+    for name, help_text, add_arguments, run in commands:
+        parser = sub.add_parser(name, help=help_text)
+        add_arguments(parser)
+        parser.set_defaults(func=run)

@@ -8,13 +8,13 @@ Per identity (seeded split), one photo is protected (the gallery photo a user wo
 - (C) reverse identification: clean gallery, protected photo as the probe.
 
 Every evaluator x transform cell comes with n and a 95% Wilson interval; the headline is the worst
-held-out cell. Ensemble (white-box) numbers are reported apart.
+held-out cell. Ensemble (white-box) numbers are reported apart. The photos come from ``--data`` (default:
+``lfw/`` and ``people/`` of ``$FACECLOAK_DATA``); ``--results`` names the results page to update.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import resource
 import sys
@@ -26,7 +26,20 @@ import numpy as np
 import torch
 
 from .attack import Cloak, face_crops, face_region_bounds, preset
-from .bench import BENCHMARKS_MD, machine_line, update_markdown_section
+from .bench import (
+    DATA_ENV,
+    BenchInputError,
+    add_data_argument,
+    add_results_argument,
+    check_results_page,
+    data_folders,
+    machine_line,
+    portable_path,
+    reports_input_errors,
+    this_command,
+    write_json,
+    write_section,
+)
 from .detect import Face, FaceDetector
 from .device import configure_cpu_threads
 from .image import PHOTO_SUFFIXES, ImageLoadError, load_image
@@ -86,11 +99,15 @@ def resolve_roles(args: argparse.Namespace) -> tuple[list[str], list[str]] | Non
     manifest = load_manifest()
     for name in evaluator_names:
         if manifest[name].verification is None:
-            print(f"{name} has no thresholds: run 'facecloak bench lfw --write-manifest'", file=sys.stderr)
+            print(
+                f"{name} has no thresholds: run 'facecloak bench lfw --models {name} --manifest MODELS_JSON'",
+                file=sys.stderr,
+            )
             return None
     return ensemble_names, evaluator_names
 
 
+@reports_input_errors
 def run_protect_benchmark(args: argparse.Namespace) -> int:
     configure_cpu_threads()
     manifest = load_manifest()
@@ -98,6 +115,8 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
     if roles is None:
         return 2
     ensemble_names, evaluator_names = roles
+    folders, root = data_folders(args.data, ("lfw", "people"))
+    check_results_page(args.results)
     overrides = {"steps": args.steps} if args.steps is not None else {}
     if args.dssim_budget is not None:
         overrides["dssim_budget"] = args.dssim_budget
@@ -105,7 +124,7 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
         overrides["epsilon"] = args.epsilon / 255
     if args.quick:  # end-to-end check for CI: a few identities, a couple of steps, one view
         overrides = {"steps": min(args.steps or 2, 2), "views_per_step": 1}
-        args.identities, args.probes, args.data = min(args.identities, 4), min(args.probes, 2), args.data[:1]
+        args.identities, args.probes, folders = min(args.identities, 4), min(args.probes, 2), folders[:1]
     config = preset(args.preset, **overrides)
     ensemble = [load_model(n) for n in ensemble_names]
     evaluators = [load_model(n) for n in evaluator_names]
@@ -114,7 +133,7 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
     cache = DetectionCache()
 
     identities: list[Identity] = []
-    for folder in args.data:
+    for folder in folders:
         if not folder.is_dir():
             print(f"skipping {folder}: not found", file=sys.stderr)
             continue
@@ -237,7 +256,7 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
         "attack_perceptual_terms": cloak.perceptual_terms,
         "evaluators": evaluator_names,
         "identities": len(kept),
-        "data": [str(d) for d in args.data],
+        "data": [str(d) for d in folders],
         "seconds_per_face_mean": float(np.mean(seconds_per_face)),
         "seconds_per_face_median": float(np.median(seconds_per_face)),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -245,7 +264,7 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
         "quality_max_face_dssim": float(np.max(quality["face_dssim"])),
         "cells": results,
     }
-    print_and_write(summary, args)
+    print_and_write(summary, args, root)
     return 0
 
 
@@ -254,20 +273,44 @@ def _knob(name: str, value: float) -> str:
     return f"{value * 255:.3g}/255" if name == "epsilon" else f"{value:.4g}"
 
 
-def print_and_write(summary: dict, args: argparse.Namespace) -> None:
+_DATASET_NAMES = {"lfw": "LFW", "people": "`people/`"}
+
+# What the table's columns mean; "protected" is (B).
+PROTECTION_LEGEND = (
+    "(B) protected = share of protected-vs-clean same-person pairs that no longer match: cosine below the",
+    "evaluator's FAR 1e-3 threshold (higher is better);",
+    "(A) rank-1 = clean probes still finding the protected photo's identity first (lower is better);",
+    "(C) rank-1 = protected photo as probe finding its owner in a clean gallery (lower is better).",
+    "Baselines are the same numbers with the photo unprotected. 95% Wilson intervals in brackets; n = pairs.",
+)
+
+
+def dataset_label(folders: list[str]) -> str:
+    """The photo sets as headings name them: ``LFW``, ```people/```, or the folder's name."""
+    return " + ".join(_DATASET_NAMES.get(Path(f).name, f"`{Path(f).name}/`") for f in folders)
+
+
+def protection_heading(preset_name: str, overrides: dict, folders: list[str], identities: int, quick: bool) -> str:
+    """E.g. ``### `mid` preset, LFW (50 identities)``: the preset, any knob it was run with, and the photo set."""
+    knobs = "".join(f", {k} {_knob(k, v)}" for k, v in overrides.items())
+    label = f"{dataset_label(folders)} ({identities} identities)"
+    return f"### `{preset_name}` preset{knobs}, {label}" + (" (quick)" if quick else "")
+
+
+def print_and_write(summary: dict, args: argparse.Namespace, root: Path | None) -> None:
     cells = summary["cells"]
     held = [c for c in cells if c["role"] == "held-out"]
     worst_none = min((c for c in held if c["transform"] == "none"), key=lambda c: c["verification_protected"])
     worst_any = min(held, key=lambda c: c["verification_protected"])
-    command = "facecloak " + " ".join(sys.argv[1:])
     q = summary["quality_mean"]
+    sources = ", ".join(f"`{portable_path(d, root)}`" for d in summary["data"])
     lines = [
-        f"## Protection benchmark: preset `{summary['preset']}`"
-        + "".join(f", {k} {_knob(k, v)}" for k, v in summary.get("overrides", {}).items())
-        + (" (quick)" if args.quick else ""),
+        protection_heading(
+            summary["preset"], summary.get("overrides", {}), summary["data"], summary["identities"], args.quick
+        ),
         "",
-        f"Command: `{command}` ({machine_line()}).",
-        f"{summary['identities']} identities from {', '.join(summary['data'])}; one protected photo each, clean probes",
+        f"Command: `{this_command(root)}` ({machine_line()}).",
+        f"{summary['identities']} identities from {sources}; one protected photo each, clean probes",
         f"of the same people. Attack ensemble: {', '.join(summary['ensemble'])}. Held-out evaluators (never attacked):",
         f"{', '.join(summary['evaluators'])}. The attack's perceptual terms: "
         f"{summary.get('attack_perceptual_terms', 'face DSSIM')}.",
@@ -282,16 +325,13 @@ def print_and_write(summary: dict, args: argparse.Namespace) -> None:
         f"- Speed: {summary['seconds_per_face_median']:.1f} s per face (median, attack only), peak RSS "
         f"{summary['peak_rss_mb']:.0f} MB.",
         "",
-        "(B) = share of protected-vs-clean same-person pairs below the FAR 1e-3 threshold (higher is better);",
-        "(A) rank-1 = clean probes still finding the protected photo's identity first (lower is better);",
-        "(C) rank-1 = protected photo as probe finding its owner in a clean gallery (lower is better).",
-        "Baselines are the same numbers with the photo unprotected. 95% Wilson intervals in brackets.",
+        *PROTECTION_LEGEND,
         "",
         "| model | role | transform | (B) protected | (A) rank-1 | (A) rank-5 | (C) rank-1 | clean rank-1 "
         "| clean TAR | n |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for c in cells:
+    for c in held + [c for c in cells if c["role"] != "held-out"]:  # held-out rows first: they are the result
         lo, hi = c["verification_ci"]
         lines.append(
             f"| {c['model']} | {c['role']} | {c['transform']} | {c['verification_protected'] * 100:.0f}% "
@@ -301,30 +341,60 @@ def print_and_write(summary: dict, args: argparse.Namespace) -> None:
         )
     table = "\n".join(lines)
     print("\n" + table)
-    if not args.quick:
-        folders = "+".join(Path(d).name for d in summary["data"])
-        tweaks = "".join(f"-{k}{_knob(k, v)}" for k, v in summary.get("overrides", {}).items()).replace("/", "_")
-        update_markdown_section(BENCHMARKS_MD, f"protect-{summary['preset']}{tweaks}-{folders}", table)
+    if args.quick:
+        print("(a --quick run checks the benchmark end to end; its numbers are not written to a results page)")
+    else:
+        write_section(args.results, protection_key(summary), table)
     if args.output:
-        args.output.write_text(json.dumps(summary, indent=2))
+        write_json(args.output, summary)
+
+
+def protection_key(summary: dict) -> str:
+    """The results-page section of a run: preset, knobs and photo folders (one section per combination)."""
+    folders = "+".join(Path(d).name for d in summary["data"])
+    tweaks = "".join(f"-{k}{_knob(k, v)}" for k, v in summary.get("overrides", {}).items()).replace("/", "_")
+    return f"protect-{summary['preset']}{tweaks}-{folders}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data", nargs="+", type=Path, default=[Path("../shared/data/lfw"), Path("../shared/data/people")]
+    add_data_argument(
+        parser,
+        f"labelled photo folders, one subfolder of photos per person (default: lfw/ and people/ of ${DATA_ENV}; "
+        "one of the two must be set)",
+        many=True,
     )
-    parser.add_argument("--identities", type=int, default=50, help="LFW identities to use")
-    parser.add_argument("--probes", type=int, default=3, help="clean photos per identity")
-    parser.add_argument("--preset", default="mid", choices=["low", "mid", "high"])
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--dssim-budget", type=float, default=None, help="override the preset's face DSSIM budget")
-    parser.add_argument("--epsilon", type=float, default=None, help="override the luminance cap, in 8-bit levels")
-    parser.add_argument("--ensemble", nargs="+", default=None)
-    parser.add_argument("--evaluators", nargs="+", default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="a handful of identities and few steps (CI)")
-    parser.add_argument("--output", type=Path, default=None, help="write JSON here")
-    parser.add_argument("--crops", type=Path, default=None, help="save original/protected/difference crops here")
+    parser.add_argument(
+        "--identities",
+        type=int,
+        default=50,
+        help="identities to use from a folder whose name has lfw in it (default: 50; other folders: all)",
+    )
+    parser.add_argument("--probes", type=int, default=3, help="clean photos per identity (default: 3)")
+    parser.add_argument("--preset", default="mid", choices=["low", "mid", "high"], help="preset (default: mid)")
+    parser.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the preset's)")
+    parser.add_argument(
+        "--dssim-budget",
+        type=float,
+        default=None,
+        help="override the preset's face DSSIM budget (default: the preset's)",
+    )
+    parser.add_argument(
+        "--epsilon",
+        type=float,
+        default=None,
+        help="override the luminance cap, in 8-bit levels (default: the preset's)",
+    )
+    parser.add_argument("--ensemble", nargs="+", default=None, help="attack models (default: the manifest's)")
+    parser.add_argument("--evaluators", nargs="+", default=None, help="held-out models (default: the manifest's)")
+    parser.add_argument("--seed", type=int, default=0, help="which identities and photos (default: 0)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a handful of identities and few steps, never written (CI; default: off)"
+    )
+    parser.add_argument("--output", type=Path, default=None, help="write the summary as JSON here (default: none)")
+    parser.add_argument(
+        "--crops", type=Path, default=None, help="save original/protected/difference crops here (default: none)"
+    )
+    add_results_argument(parser)
 
 
 def save_crop(path: Path, clean: torch.Tensor, protected: torch.Tensor, face: Face) -> None:
@@ -342,6 +412,7 @@ def save_crop(path: Path, clean: torch.Tensor, protected: torch.Tensor, face: Fa
     Image.fromarray(tensor_to_uint8(strip)).save(path)
 
 
+@reports_input_errors
 def run_album_benchmark(args: argparse.Namespace) -> int:
     """Album warm starts: seconds per face and protection for the 2nd..Nth photo of a person, cold vs warm."""
     configure_cpu_threads()
@@ -350,14 +421,19 @@ def run_album_benchmark(args: argparse.Namespace) -> int:
     if roles is None:
         return 2
     ensemble_names, evaluator_names = roles
+    [folder], root = data_folders([args.data] if args.data else None, ("people",))
+    if not folder.is_dir():
+        raise BenchInputError(f"{folder} not found: pass --data with a folder of people, one subfolder each")
+    check_results_page(args.results)
     ensemble = [load_model(n) for n in ensemble_names]
     evaluators = [load_model(n) for n in evaluator_names]
     detector = FaceDetector()
-    people = sorted(p for p in args.data.iterdir() if p.is_dir())[: args.people]
+    people = sorted(p for p in folder.iterdir() if p.is_dir())[: args.people]
     rows: dict[str, dict[str, list[float]]] = {
         "cold": {"seconds": [], "protected": [], "steps": []},
         "warm": {"seconds": [], "protected": [], "steps": []},
     }
+    measured = 0  # people with 2+ photos with a face
     for person in people:
         photos = sorted(p for p in person.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)[: args.photos]
         loaded = []
@@ -368,6 +444,7 @@ def run_album_benchmark(args: argparse.Namespace) -> int:
                 loaded.append((photo, faces[:1]))
         if len(loaded) < 2:
             continue
+        measured += 1
         for mode in ("cold", "warm"):
             cloak = Cloak(ensemble, preset(args.preset, warm_start=mode == "warm"))
             for i, (photo, faces) in enumerate(loaded):
@@ -399,10 +476,11 @@ def run_album_benchmark(args: argparse.Namespace) -> int:
         else ""
     )
     lines = [
-        "## Albums: warm starts from the previous photo of the same person",
+        album_heading(args.preset, str(folder), measured),
         "",
-        f"Command: `facecloak {' '.join(sys.argv[1:])}` ({machine_line()}). Photos 2..N of each person in "
-        f"`{args.data}`, preset `{args.preset}`, ensemble {', '.join(ensemble_names)}; protection = share of "
+        f"Command: `{this_command(root)}` ({machine_line()}). Photos 2..N of each person in "
+        f"`{portable_path(folder, root)}`, preset `{args.preset}`, ensemble {', '.join(ensemble_names)}; "
+        "protection = share of "
         f"(photo x held-out evaluator: {', '.join(evaluator_names)}) below the FAR 1e-3 threshold, no transform.",
         "",
         "| start | photos | steps (mean) | seconds per face (mean) | protected (held-out, no transform) |",
@@ -416,14 +494,23 @@ def run_album_benchmark(args: argparse.Namespace) -> int:
     ]
     table = "\n".join(lines)
     print("\n" + table)
-    update_markdown_section(BENCHMARKS_MD, "album", table)
+    write_section(args.results, "album", table)
     return 0
 
 
+def album_heading(preset_name: str, folder: str, people: int) -> str:
+    photos = f"{dataset_label([folder])} ({people} people)"
+    return f"### Albums: warm starts from an earlier photo, `{preset_name}` preset, {photos}"
+
+
 def add_album_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/people"))
-    parser.add_argument("--people", type=int, default=13)
-    parser.add_argument("--photos", type=int, default=5, help="photos per person at most")
-    parser.add_argument("--preset", default="mid", choices=["low", "mid", "high"])
-    parser.add_argument("--ensemble", nargs="+", default=None)
-    parser.add_argument("--evaluators", nargs="+", default=None)
+    add_data_argument(
+        parser,
+        f"folder of people, one subfolder of photos each (default: people/ of ${DATA_ENV}; one of the two must be set)",
+    )
+    parser.add_argument("--people", type=int, default=13, help="people to use, in name order (default: 13)")
+    parser.add_argument("--photos", type=int, default=5, help="photos per person at most (default: 5)")
+    parser.add_argument("--preset", default="mid", choices=["low", "mid", "high"], help="preset (default: mid)")
+    parser.add_argument("--ensemble", nargs="+", default=None, help="attack models (default: the manifest's)")
+    parser.add_argument("--evaluators", nargs="+", default=None, help="held-out models (default: the manifest's)")
+    add_results_argument(parser)

@@ -4,7 +4,8 @@ The protocol that chose the defaults of :class:`~facecloak.core.attack.CloakConf
 tuning ensemble (by default two of the three surrogates), judge with models held out of it (the
 third surrogate and the manifest's ``tuning`` models), on a seeded sample of labelled photos. The
 models that report protection (the manifest's ``evaluators``) are refused, so settings can never be
-fitted to the numbers the app and ``bench protect`` show.
+fitted to the numbers the app and ``bench protect`` show. It prints its numbers only (the tuning history is kept by
+hand in docs/tuning-log.md); the photos come from ``--data`` (default: ``lfw/`` of ``$FACECLOAK_DATA``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .attack import Cloak, face_crops, preset, with_overrides
+from .bench import DATA_ENV, BenchInputError, add_data_argument, data_folders, portable_path, reports_input_errors
 from .bench_protect import split_identities
 from .detect import Face, FaceDetector
 from .device import configure_cpu_threads
@@ -66,6 +68,7 @@ def _tuning_faces(root: Path, identities: int, probes: int, seed: int, every_pho
     return faces
 
 
+@reports_input_errors
 def run_tune_benchmark(args: argparse.Namespace) -> int:
     configure_cpu_threads()
     roles = load_roles()
@@ -83,12 +86,16 @@ def run_tune_benchmark(args: argparse.Namespace) -> int:
         except ValueError as err:
             print(f"variant {name}: {err}")
             return 2
+    [folder], root = data_folders([args.data] if args.data else None, ("lfw",))
+    if not folder.is_dir():
+        raise BenchInputError(f"{folder} not found: pass --data with a folder of people, one subfolder each")
     ensemble = [load_model(n) for n in ensemble_names]
     judges = [load_model(n) for n in judge_names]
     manifest = load_manifest()
     thresholds = {n: manifest[n].verification.threshold_far_1e3 for n in judge_names}
-    data = _tuning_faces(args.data, args.identities, args.probes, args.sample_seed, args.every_photo)
-    print(f"{len(data)} faces from {args.data}; tuning ensemble {ensemble_names}; judges {judge_names}")
+    data = _tuning_faces(folder, args.identities, args.probes, args.sample_seed, args.every_photo)
+    shown = portable_path(folder, root)
+    print(f"{len(data)} faces from {shown}; tuning ensemble {ensemble_names}; judges {judge_names}")
     # clean embeddings of every reference photo, each photo read once (12 MP photos are 150 MB as tensors)
     clean: dict[Path, dict[str, torch.Tensor]] = {}
     with torch.no_grad():
@@ -130,17 +137,25 @@ def run_tune_benchmark(args: argparse.Namespace) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("variants", help='JSON: {"name": {CloakConfig overrides}, ...}')
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/lfw"))
-    parser.add_argument("--identities", type=int, default=16)
-    parser.add_argument("--probes", type=int, default=2)
+    add_data_argument(
+        parser,
+        f"folder of people, one subfolder of photos each (default: lfw/ of ${DATA_ENV}; one of the two must be set)",
+    )
+    parser.add_argument("--identities", type=int, default=16, help="identities to sample (default: 16)")
+    parser.add_argument("--probes", type=int, default=2, help="clean photos per protected one (default: 2)")
     parser.add_argument(
-        "--sample-seed", type=int, default=123, help="which identities (a second sample confirms a first)"
+        "--sample-seed", type=int, default=123, help="which identities (a second sample confirms a first; default: 123)"
     )
     parser.add_argument(
         "--every-photo",
         action="store_true",
-        help="protect each photo of a chosen identity in turn (more faces from few identities, e.g. people/)",
+        help="protect each photo of a chosen identity in turn (more faces from few identities, e.g. people/; "
+        "default: off)",
     )
-    parser.add_argument("--preset", default="mid", choices=["low", "mid", "high"])
-    parser.add_argument("--ensemble", nargs="+", default=None, help="default: all surrogates but the last")
-    parser.add_argument("--judges", nargs="+", default=None, help="default: the last surrogate and the tuning models")
+    parser.add_argument("--preset", default="mid", choices=["low", "mid", "high"], help="preset (default: mid)")
+    parser.add_argument(
+        "--ensemble", nargs="+", default=None, help="tuning ensemble (default: all surrogates but the last)"
+    )
+    parser.add_argument(
+        "--judges", nargs="+", default=None, help="judges (default: the last surrogate and the tuning models)"
+    )

@@ -13,15 +13,13 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("KERAS_BACKEND", "torch")  # keras is only a reference runtime for parity tests
 torch.set_num_threads(1)
 
-SHARED_DATA = Path(
-    os.environ.get("FACECLOAK_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
-)
+SHARED_DATA = Path(os.environ.get("FACECLOAK_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real face photos not found at {SHARED_DATA} (set FACECLOAK_SHARED_DATA)")
+        pytest.skip(f"real face photos not found at {SHARED_DATA} (set FACECLOAK_DATA)")
     return SHARED_DATA.resolve()
 
 
