@@ -2,7 +2,12 @@
 
 Each photo is written as soon as it is done (atomically, see :mod:`.export`), one bad photo never stops
 the album, and a small journal in the output folder lets ``--resume`` finish an interrupted run without
-recomputing what is already done. ``--jobs N`` runs N worker processes, each with its own models.
+recomputing what is already done (a photo and its report are separate steps). ``--jobs N`` runs N worker
+processes, each with its own models.
+
+No photo given is left unprotected in silence: the output mirrors each given folder's subfolders, two photos
+that would still share a copy fail loudly, FaceCloak's own outputs (recognised by their marker) are named and
+left alone, and the exit code is 1 whenever a photo given was not protected.
 """
 
 from __future__ import annotations
@@ -16,27 +21,54 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .export import ExportOptions, export_target, remove_stale_temp_files
+from .export import ExportOptions, export_target, facecloak_marker, remove_stale_temp_files
 from .files import replace_atomically
-from .image import display_name
+from .image import display_name, display_path
 
 if TYPE_CHECKING:
     from .attack import CloakConfig
+    from .protect import FoundPhoto
 
 JOURNAL_NAME = ".facecloak-journal.json"
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: the report is a step of its own; outputs are named relative to the output folder
 FINISHED = ("protected", "no face")  # statuses a resumed run does not redo
+# Outcomes that leave nothing to do: any other photo given makes the exit code 1.
+SETTLED = ("protected", "no face", "done earlier", "facecloak output")
 
 
 def add_protect_arguments(protect: argparse.ArgumentParser) -> None:
-    protect.add_argument("paths", nargs="+", type=Path, help="photos and folders (searched recursively)")
-    protect.add_argument("-o", "--output", type=Path, required=True, help="folder for the protected copies")
-    protect.add_argument("--preset", choices=["low", "mid", "high"], default="mid")
-    protect.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
+    protect.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PHOTO_OR_FOLDER",
+        help="photos, and folders searched recursively (their subfolders are mirrored in the output folder)",
+    )
+    protect.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="OUTDIR",
+        help="folder for the protected copies (required; created if missing; not an input folder itself)",
+    )
+    protect.add_argument(
+        "--preset",
+        choices=["low", "mid", "high"],
+        default="mid",
+        help="strength: low is the least visible change, high the strongest (default: mid)",
+    )
+    protect.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="optimisation steps per face (default: the preset's number)",
+    )
     protect.add_argument(
         "--set",
         dest="knobs",
@@ -44,27 +76,65 @@ def add_protect_arguments(protect: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KNOB=VALUE",
         help="expert: override any attack knob, e.g. --set dssim_budget=0.005 --set robustness.jpeg=false "
-        "(values are JSON; an unknown knob lists the known ones)",
-    )
-    protect.add_argument("--suffix", default="_cloaked", help="added to each file name (default _cloaked)")
-    protect.add_argument(
-        "--format", choices=["same", "jpeg", "png"], default="same", help="output format (default: the input's)"
+        "(values are JSON; an unknown knob lists the known ones; default: none)",
     )
     protect.add_argument(
-        "--quality", type=int, default=None, help="JPEG quality 1-100 (default: the input's estimate, else 92)"
+        "--suffix",
+        default="_cloaked",
+        metavar="TEXT",
+        help="added to each file name before its extension (default: _cloaked)",
     )
     protect.add_argument(
-        "--keep-metadata", action="store_true", help="keep the capture date and camera model (all else is stripped)"
+        "--format",
+        choices=["same", "jpeg", "png"],
+        default="same",
+        help="output format; same keeps each photo's own (default: same)",
     )
     protect.add_argument(
-        "--report", action="store_true", help="measure protection on the written file; JSON next to each output"
+        "--quality",
+        type=int,
+        default=None,
+        metavar="Q",
+        help="JPEG, WebP and HEIC quality, 1-100 (default: a JPEG's own estimated quality, kept within 75-95; "
+        "else 92, HEIC 90; a lossless WebP stays lossless)",
     )
-    protect.add_argument("--resume", action="store_true", help="finish an interrupted run into the same folder")
-    protect.add_argument("--overwrite", action="store_true", help="replace existing protected copies")
-    protect.add_argument("--jobs", type=int, default=1, help="photos protected in parallel (worker processes)")
-    protect.add_argument("--ensemble", nargs="+", default=None, help="attack models (default: manifest roles)")
-    protect.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    protect.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    protect.add_argument(
+        "--keep-metadata",
+        action="store_true",
+        help="keep the capture date and camera model (default: off; everything else is always stripped)",
+    )
+    protect.add_argument(
+        "--report",
+        action="store_true",
+        help="measure protection on each written file, JSON next to each copy (default: off)",
+    )
+    protect.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted run into the same folder, writing missing reports too (default: off)",
+    )
+    protect.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing protected copies (default: off; a photo whose copy exists is not protected)",
+    )
+    protect.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="photos protected in parallel, one worker process with its own models each (default: 1)",
+    )
+    protect.add_argument(
+        "--ensemble", nargs="+", default=None, metavar="MODEL", help="attack models (default: the manifest's ensemble)"
+    )
+    protect.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="where the attack runs; auto takes CUDA, then Apple MPS, then the CPU (default: auto)",
+    )
+    protect.add_argument("--no-progress", action="store_true", help="log lines only, no progress bar (default: off)")
 
 
 # -- settings and the journal -----------------------------------------------------------------------------
@@ -112,7 +182,12 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 class Journal:
-    """Which sources are finished, in ``OUTDIR/.facecloak-journal.json``; rewritten after every photo."""
+    """Which sources are finished, in ``OUTDIR/.facecloak-journal.json``; rewritten after every step.
+
+    A photo's entry says how it ended, which copy was written (relative to the output folder) with its size,
+    and, as a separate step, which report was written for it: a run killed between the two writes the report
+    when resumed with ``--report``, without protecting the photo again.
+    """
 
     def __init__(self, out_dir: Path, fingerprint: str) -> None:
         self.path = Path(out_dir) / JOURNAL_NAME
@@ -135,6 +210,9 @@ class Journal:
     def key(source: Path) -> str:
         return os.path.realpath(source)  # never raises on a symlink loop
 
+    def status(self, source: Path) -> str | None:
+        return (self.entries.get(self.key(source)) or {}).get("status")
+
     def finished(self, source: Path, target: Path) -> bool:
         """Finished earlier: a photo without face, or a protected copy still there with its recorded size."""
         entry = self.entries.get(self.key(source))
@@ -147,13 +225,36 @@ class Journal:
         except OSError:
             return False
 
-    def record(self, source: Path, status: str, output: Path | None) -> None:
-        size = None
-        if output is not None:
-            with contextlib.suppress(OSError):
-                size = output.stat().st_size
-        self.entries[self.key(source)] = {"status": status, "output": output.name if output else None, "size": size}
+    def report_done(self, source: Path, target: Path) -> bool:
+        """The report step of a finished photo: recorded, and its file still there."""
+        entry = self.entries.get(self.key(source)) or {}
+        return bool(entry.get("report")) and report_path(target).is_file()
+
+    def adopt(self, source: Path, target: Path) -> None:
+        """A copy written whole (atomic rename) by a run killed before its journal line: it is finished."""
+        self.entries[self.key(source)] = {"status": "protected", **self._output(target), "report": None}
+
+    def record(self, source: Path, status: str, output: Path | None, report: Path | None = None) -> None:
+        entry = {"status": status, **self._output(output), "report": report.name if report else None}
+        self.entries[self.key(source)] = entry
         self.save()
+
+    def record_report(self, source: Path, report: Path) -> None:
+        entry = self.entries.setdefault(self.key(source), {"status": "protected"})
+        entry["report"] = report.name
+        self.save()
+
+    def _output(self, output: Path | None) -> dict:
+        if output is None:
+            return {"output": None, "size": None}
+        size = None
+        with contextlib.suppress(OSError):
+            size = output.stat().st_size
+        try:
+            name = str(Path(output).relative_to(self.path.parent))
+        except ValueError:
+            name = Path(output).name
+        return {"output": name, "size": size}
 
     def save(self) -> None:
         data = {"version": JOURNAL_VERSION, "settings": self.fingerprint, "done": self.entries}
@@ -171,13 +272,17 @@ class Result:
     """A photo's outcome as plain data (it crosses process boundaries with --jobs)."""
 
     source: str
-    status: str  # "protected", "no face", "skipped", "done earlier", "error"
+    # "protected", "no face", "done earlier", "facecloak output" (a marked copy given as input: left alone),
+    # "skipped" (its copy exists), "error"
+    status: str
     output: str | None = None
     faces: int = 0
     seconds: float = 0.0
     message: str = ""
     face_dssim: tuple[float, ...] = ()
     report: str | None = None  # one-line protection summary, with --report
+    report_file: str | None = None  # the report written, with --report
+    earlier: bool = False  # settled by an earlier run (``--resume``)
 
 
 class Worker:
@@ -224,13 +329,39 @@ class Worker:
             tuple(o.face_dssim),
         )
         if o.status == "protected" and self.settings.report:
-            result.report = self._report(done, Path(o.output))
+            result.report, result.report_file = self._report(done, Path(o.output))
         return result
 
-    def _report(self, done, output: Path) -> str:
-        """Measure on the file as written (after encoding), so the numbers are what an uploader gets."""
+    def report_existing(self, source: Path, output: Path) -> Result:
+        """Write the missing report of a photo protected by an earlier run, measured on its copy as written."""
+        from .image import ImageLoadError, open_photo, pil_to_tensor
+        from .protect import PhotoOutcome, ProtectedPhoto
+
+        start = time.perf_counter()
+        result = Result(str(source), "done earlier", str(output), earlier=True)
+        try:
+            photo = open_photo(source)
+            clean = pil_to_tensor(photo.rgb)
+            faces = list(self.protector.detector.detect(clean))
+        except ImageLoadError as err:
+            result.report = f"report failed: {err}"
+            return result
+        except Exception as err:  # one bad photo must not stop the album; say what it was
+            result.report = f"report failed: {' '.join(f'{type(err).__name__}: {err}'.split())[:200]}"
+            return result
+        done = ProtectedPhoto(PhotoOutcome(Path(source), "protected", Path(output), len(faces)), photo, clean, faces)
+        result.faces = len(faces)
+        result.report, result.report_file = self._report(done, Path(output))
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _report(self, done, output: Path) -> tuple[str, str | None]:
+        """Measure on the file as written (after encoding), so the numbers are what an uploader gets.
+
+        Returns the one-line summary and the report file written (None when none was).
+        """
         if self.evaluator is None:
-            return self.report_problem
+            return self.report_problem, None
         from .image import ImageLoadError, open_photo, pil_to_tensor
 
         try:
@@ -242,11 +373,12 @@ class Worker:
             path = report_path(output)
             write_json_atomic(path, report.to_dict())
         except (ImageLoadError, OSError, ValueError, RuntimeError) as err:
-            return f"report failed: {' '.join(str(err).split())[:200]}"
-        return (
+            return f"report failed: {' '.join(str(err).split())[:200]}", None
+        text = (
             f"match rate {report.match_rate_before:.0%} -> {report.match_rate_after:.0%} on "
             f"{', '.join(report.evaluators) or 'no evaluator'}; report {path.name}"
         )
+        return text, str(path)
 
 
 def _models_problem(settings: BatchSettings) -> str:
@@ -289,12 +421,38 @@ def _init_worker(settings: BatchSettings) -> None:
     _worker = Worker(settings)
 
 
-def _run_in_worker(source: str, out_dir: str) -> Result:
+def _run_in_worker(job: Job) -> Result:
     assert _worker is not None
-    return _worker(Path(source), Path(out_dir))
+    return _run_job(_worker, job)
 
 
 # -- the batch --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """A photo to protect into ``folder`` (the output folder or its mirrored subfolder) as ``target``."""
+
+    source: Path
+    target: Path
+    report_only: bool = False  # protected by an earlier run: only its report is still to be written
+
+    @property
+    def folder(self) -> Path:
+        return self.target.parent
+
+
+def _run_job(worker: Worker, job: Job) -> Result:
+    if job.report_only:
+        return worker.report_existing(job.source, job.target)
+    return worker(job.source, job.folder)
+
+
+_LABELS = {
+    "facecloak output": "FaceCloak output(s) left alone",
+    "skipped": "skipped (copy exists)",
+    "error": "failed",
+}
 
 
 @dataclass
@@ -309,75 +467,116 @@ class BatchSummary:
     def failed(self) -> list[Result]:
         return [r for r in self.results if r.status == "error"]
 
+    @property
+    def unprotected(self) -> list[Result]:
+        """Photos given and not protected: failed, skipped because their copy exists, or colliding."""
+        return [r for r in self.results if r.status not in SETTLED]
+
+    def with_status(self, status: str) -> list[Result]:
+        return [r for r in self.results if r.status == status]
+
     def line(self) -> str:
-        order = ["protected", "no face", "done earlier", "skipped", "error"]
-        parts = [f"{self.count(s)} {'failed' if s == 'error' else s}" for s in order if self.count(s)]
+        order = ["protected", "no face", "done earlier", "facecloak output", "skipped", "error"]
+        parts = [f"{self.count(s)} {_LABELS.get(s, s)}" for s in order if self.count(s)]
         return f"done in {self.seconds:.0f} s: " + (", ".join(parts) or "nothing to do")
 
 
+def _found(photo: Path | FoundPhoto) -> tuple[Path, Path | None]:
+    """A photo's path and the given folder it was found under (None: given as a file)."""
+    if isinstance(photo, (str, os.PathLike)):
+        return Path(photo), None
+    return photo.path, photo.root
+
+
 def plan(
-    photos: Sequence[Path], out_dir: Path, settings: BatchSettings, journal: Journal | None
-) -> tuple[list[Path], list[Result]]:
-    """Split photos into work to do and results known without computing (finished earlier, exists)."""
-    todo, known = [], []
-    for source in photos:
+    photos: Sequence[Path | FoundPhoto], out_dir: Path, settings: BatchSettings, journal: Journal | None
+) -> tuple[list[Job], list[Result]]:
+    """Split photos into work to do and results known without computing.
+
+    Known without computing: FaceCloak's own outputs (left alone), photos whose copy would be another photo's
+    copy too (failed), photos finished by an earlier run (``journal``, with ``--resume``) and photos whose copy
+    already exists (skipped).
+    """
+    todo: list[Job] = []
+    known: list[Result] = []
+    owners: dict[str, Path] = {}  # each target and the source it belongs to
+    for photo in photos:
+        source, root = _found(photo)
+        marker = facecloak_marker(source)
+        if marker is not None:
+            known.append(Result(str(source), "facecloak output", message=f"already a protected copy ({marker})"))
+            continue
         try:
-            target = export_target(source, out_dir, settings.options)
+            target = export_target(source, out_dir, settings.options, relative_to=root)
         except (OSError, ValueError) as err:
             known.append(Result(str(source), "error", message=f"{display_name(source)}: {err}"))
             continue
-        if journal is not None and journal.finished(source, target):
-            known.append(Result(str(source), "done earlier", str(target) if target.exists() else None))
-        elif target.exists() and not settings.options.overwrite:
-            if journal is not None:
-                # written whole by an atomic rename; the kill came before the journal line: it is finished
-                journal.entries[journal.key(source)] = {
-                    "status": "protected",
-                    "output": target.name,
-                    "size": target.stat().st_size,
-                }
-                known.append(Result(str(source), "done earlier", str(target)))
-            else:
-                known.append(
-                    Result(
-                        str(source),
-                        "skipped",
-                        str(target),
-                        message=f"{display_name(target)} exists (use --resume or --overwrite)",
-                    )
-                )
-        else:
-            todo.append(source)
+        key = os.path.normcase(os.path.abspath(target))
+        if key in owners:
+            known.append(Result(str(source), "error", message=_collision(owners[key], target)))
+            continue
+        owners[key] = source
+        step = _plan_one(Job(source, target), settings, journal)
+        (todo if isinstance(step, Job) else known).append(step)
     return todo, known
 
 
-def _results(
-    todo: Sequence[Path], out_dir: Path, settings: BatchSettings, jobs: int, worker: Worker | None
-) -> Iterator[Result]:
+def _collision(other: Path, target: Path) -> str:
+    return (
+        f"not protected: its copy {display_path(target)} would also be the copy of {display_path(other)}; "
+        "protect one of the two into another folder"
+    )
+
+
+def _plan_one(job: Job, settings: BatchSettings, journal: Journal | None) -> Job | Result:
+    source, target = job.source, job.target
+    if journal is not None and journal.finished(source, target):
+        if journal.status(source) == "no face":
+            return Result(str(source), "no face", message="no face found by the earlier run", earlier=True)
+        return _report_step(job, settings, journal) or Result(str(source), "done earlier", str(target), earlier=True)
+    if target.exists() and not settings.options.overwrite:
+        if journal is None:
+            message = f"{display_path(target)} exists (use --resume or --overwrite)"
+            return Result(str(source), "skipped", str(target), message=message)
+        journal.adopt(source, target)
+        return _report_step(job, settings, journal) or Result(str(source), "done earlier", str(target), earlier=True)
+    return job
+
+
+def _report_step(job: Job, settings: BatchSettings, journal: Journal) -> Job | None:
+    """The report of a photo protected earlier, when ``--report`` asks for one and it was never written."""
+    if settings.report and not journal.report_done(job.source, job.target):
+        return replace(job, report_only=True)
+    return None
+
+
+def _results(todo: Sequence[Job], settings: BatchSettings, jobs: int, worker: Worker | None) -> Iterator[Result]:
     if jobs <= 1 or len(todo) <= 1:
         worker = worker or Worker(settings)
-        for source in todo:
-            yield worker(source, out_dir)
+        for job in todo:
+            yield _run_job(worker, job)
         return
     import multiprocessing
 
     # spawn: a forked copy of a process holding torch threads can deadlock
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(settings,)) as pool:
-        pending: dict[Future, Path] = {pool.submit(_run_in_worker, str(s), str(out_dir)): s for s in todo}
+        pending: dict[Future, Job] = {pool.submit(_run_in_worker, job): job for job in todo}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
-                source = pending.pop(future)
+                job = pending.pop(future)
                 try:
                     yield future.result()
                 except Exception as err:  # a crashed worker fails its photo, not the album
                     text = " ".join(str(err).split())[:200] or type(err).__name__
-                    yield Result(str(source), "error", message=f"{display_name(source)}: worker failed ({text})")
+                    yield Result(
+                        str(job.source), "error", message=f"{display_name(job.source)}: worker failed ({text})"
+                    )
 
 
 def run_batch(
-    photos: Sequence[Path],
+    photos: Sequence[Path | FoundPhoto],
     out_dir: Path,
     settings: BatchSettings,
     resume: bool = False,
@@ -386,25 +585,30 @@ def run_batch(
     log: Callable[[str], None] | None = None,
     progress: bool = False,
 ) -> BatchSummary:
-    """Protect ``photos`` into ``out_dir``; never raises for a bad photo. ``worker`` reuses loaded models."""
+    """Protect ``photos`` into ``out_dir``; never raises for a bad photo. ``worker`` reuses loaded models.
+
+    A photo found under a given folder (a :class:`~.protect.FoundPhoto` with its root) goes to the same
+    subfolder of ``out_dir``; a plain path goes to ``out_dir`` itself.
+    """
     start = time.perf_counter()
     log = log or (lambda text: print(text, flush=True))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    removed = remove_stale_temp_files(out_dir)
-    if removed:
-        log(f"removed {removed} unfinished temporary file(s) left by an interrupted run")
     journal = Journal(out_dir, settings.fingerprint())
     if resume:
         journal.load()
         if journal.previous_fingerprint not in (None, journal.fingerprint):
             log("note: settings differ from the interrupted run; finished photos are kept as they are")
     todo, results = plan(photos, out_dir, settings, journal if resume else None)
+    removed = _remove_stale_temp_files(out_dir, todo)
+    if removed:
+        log(f"removed {removed} unfinished temporary file(s) left by an interrupted run")
     for r in results:
         if r.status != "done earlier":
-            log(f"{display_name(r.source)}: {r.status}: {r.message}")
-    if resume and results:
-        log(f"resuming: {sum(r.status == 'done earlier' for r in results)} photo(s) already done")
+            log(_describe(r))
+    earlier = sum(r.earlier for r in results) + sum(job.report_only for job in todo)
+    if earlier:
+        log(f"resuming: {earlier} photo(s) already done")
 
     bar = None
     if progress and todo:
@@ -413,12 +617,9 @@ def run_batch(
         bar = tqdm(total=len(todo), unit="photo", file=sys.stderr, dynamic_ncols=True)
         log = bar.write
     try:
-        for result in _results(todo, out_dir, settings, jobs, worker):
+        for result in _results(todo, settings, jobs, worker):
             results.append(result)
-            if result.status in FINISHED or result.status == "error":
-                # errors are recorded too, for the record; ``finished`` only trusts FINISHED statuses
-                output = Path(result.output) if result.output else None
-                journal.record(Path(result.source), result.status, output)
+            _record(journal, result)
             log(_describe(result))
             if bar is not None:
                 bar.update(1)
@@ -428,49 +629,59 @@ def run_batch(
     return BatchSummary(results, time.perf_counter() - start)
 
 
+def _remove_stale_temp_files(out_dir: Path, todo: Sequence[Job]) -> int:
+    """Temp files a killed run left where this run writes (the output folder and its mirrored subfolders)."""
+    folders = {out_dir, *(job.folder for job in todo)}
+    return sum(remove_stale_temp_files(folder) for folder in sorted(folders) if folder.is_dir())
+
+
+def _record(journal: Journal, result: Result) -> None:
+    source = Path(result.source)
+    report = Path(result.report_file) if result.report_file else None
+    if result.status in FINISHED or result.status == "error":
+        # errors are recorded too, for the record; ``finished`` only trusts FINISHED statuses
+        journal.record(source, result.status, Path(result.output) if result.output else None, report)
+    elif result.status == "done earlier" and report is not None:
+        journal.record_report(source, report)
+
+
+def _detail(r: Result) -> str:
+    """The message without the file name it may start with (the line names the photo by its path)."""
+    for prefix in (display_path(r.source), display_name(r.source)):
+        if r.message.startswith(f"{prefix}: "):
+            return r.message[len(prefix) + 2 :]
+    return r.message
+
+
 def _describe(r: Result) -> str:
-    name = display_name(r.source)
+    name = display_path(r.source)
     if r.status == "protected":
         worst = max(r.face_dssim, default=0.0)
-        text = f"{name}: protected {r.faces} face(s), DSSIM {worst:.4f}, {r.seconds:.1f} s -> {display_name(r.output)}"
+        text = f"{name}: protected {r.faces} face(s), DSSIM {worst:.4f}, {r.seconds:.1f} s -> {display_path(r.output)}"
         return f"{text}; {r.report}" if r.report else text
     if r.status == "error":
-        return r.message if r.message.startswith(name) else f"{name}: {r.message}"
-    return f"{name}: {r.status}" + (f" ({r.message})" if r.message else "")
+        return f"{name}: {_detail(r)}"
+    if r.status == "done earlier" and r.report:
+        return f"{name}: done earlier; {r.report}"
+    if r.status == "facecloak output":
+        return f"{name}: skipped: {_detail(r)}, not protected again"
+    return f"{name}: {r.status}" + (f" ({_detail(r)})" if r.message else "")
 
 
-def run_protect(args: argparse.Namespace) -> int:
-    from .protect import iter_photos
-    from .zoo.registry import ModelNotReady
+# -- the command ------------------------------------------------------------------------------------------
 
-    try:
-        options = ExportOptions(
-            suffix=args.suffix,
-            format=args.format,
-            jpeg_quality=args.quality,
-            keep_metadata=args.keep_metadata,
-            overwrite=args.overwrite,
-        )
-    except ValueError as err:
-        print(f"cannot start: {err}", file=sys.stderr)
-        return 2
+
+def _settings(args: argparse.Namespace) -> BatchSettings:
+    """The run's settings from the command line; ValueError names a bad option or knob."""
+    options = ExportOptions(
+        suffix=args.suffix,
+        format=args.format,
+        jpeg_quality=args.quality,
+        keep_metadata=args.keep_metadata,
+        overwrite=args.overwrite,
+    )
     if args.jobs < 1:
-        print("cannot start: --jobs must be at least 1", file=sys.stderr)
-        return 2
-    out_dir: Path = args.output
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        print(f"cannot start: output folder {out_dir}: {err.strerror or err}", file=sys.stderr)
-        return 2
-    listing_errors: list[str] = []
-    photos = iter_photos(args.paths, on_error=lambda _p, msg: listing_errors.append(msg), exclude=out_dir)
-    for message in listing_errors:
-        print(message, file=sys.stderr)
-    if not photos:
-        print("no photos found in the given paths", file=sys.stderr)
-        return 1
-    jobs = min(args.jobs, len(photos))
+        raise ValueError("--jobs must be at least 1")
     settings = BatchSettings(
         preset=args.preset,
         steps=args.steps,
@@ -479,13 +690,87 @@ def run_protect(args: argparse.Namespace) -> int:
         device=args.device,
         options=options,
         report=args.report,
-        threads=max(1, (os.cpu_count() or 1) // jobs),
     )
+    settings.cloak_config()
+    return settings
+
+
+def _output_problem(out_dir: Path, paths: Sequence[Path]) -> str:
+    """Why ``out_dir`` cannot take the protected copies, or an empty string."""
+    if out_dir.exists() and not out_dir.is_dir():
+        return f"the output {display_path(out_dir)} exists and is not a folder"
+    for path in paths:
+        if _same_folder(out_dir, path):
+            return (
+                f"the output folder {display_path(out_dir)} is the input folder {display_path(path)}: the copies "
+                "would mix with the originals; choose another folder (a new folder inside it is fine)"
+            )
+    return ""
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one existing folder (through symlinks, bind mounts or ``..`` alike)."""
     try:
-        settings.cloak_config()
+        return a.is_dir() and b.is_dir() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _inputs(paths: Sequence[Path], out_dir: Path) -> tuple[list[FoundPhoto], list[Result]]:
+    """The photos among the given paths, and a failed result for each path missing or folder unreadable."""
+    from .protect import find_photos
+
+    problems = [Result(str(p), "error", message="no such file or folder") for p in paths if not os.path.lexists(p)]
+    present = [p for p in paths if os.path.lexists(p)]
+
+    def listing_error(where: Path, message: str) -> None:
+        problems.append(Result(str(where), "error", message=message))
+
+    return find_photos(present, on_error=listing_error, exclude=out_dir), problems
+
+
+def _print_summary(summary: BatchSummary, out_dir: Path) -> None:
+    print(summary.line(), flush=True)
+    no_face = summary.with_status("no face")
+    if no_face:
+        print(f"{len(no_face)} photo(s) with no face found, no copy written:")
+        for r in no_face:
+            print(f"  {display_path(r.source)}")
+    marked = summary.with_status("facecloak output")
+    if marked:
+        print(f"{len(marked)} photo(s) already protected by FaceCloak, left as they are:")
+        for r in marked:
+            print(f"  {display_path(r.source)}")
+    unprotected = summary.unprotected
+    if unprotected:
+        print(f"{len(unprotected)} photo(s) not protected:", file=sys.stderr)
+        for r in unprotected:
+            print(f"  {_describe(r)}", file=sys.stderr)
+    print(f"protected copies are in {display_path(out_dir)}", flush=True)
+
+
+def run_protect(args: argparse.Namespace) -> int:
+    """``facecloak protect``: every check runs before anything is created; exit 0 only when no photo was left."""
+    from .zoo.registry import ModelNotReady
+
+    try:
+        settings = _settings(args)
     except ValueError as err:
         print(f"cannot start: {err}", file=sys.stderr)
         return 2
+    out_dir: Path = args.output
+    problem = _output_problem(out_dir, args.paths)
+    if problem:
+        print(f"cannot start: {problem}", file=sys.stderr)
+        return 2
+    photos, problems = _inputs(args.paths, out_dir)
+    for r in problems:
+        print(_describe(r), file=sys.stderr)
+    if not photos:
+        print("no photos found in the given paths", file=sys.stderr)
+        return 1
+    jobs = min(args.jobs, len(photos))
+    settings = replace(settings, threads=max(1, (os.cpu_count() or 1) // jobs))
     worker = None
     if jobs == 1:
         try:  # load the models before the first photo, so a missing model is one clear message
@@ -507,6 +792,11 @@ def run_protect(args: argparse.Namespace) -> int:
             print(f"cannot start: {problem}", file=sys.stderr)
             return 2
         print(f"protecting {len(photos)} photo(s) with {jobs} worker processes", flush=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"cannot start: output folder {display_path(out_dir)}: {err.strerror or err}", file=sys.stderr)
+        return 2
 
     summary = run_batch(
         photos,
@@ -517,10 +807,6 @@ def run_protect(args: argparse.Namespace) -> int:
         worker=worker,
         progress=not args.no_progress,
     )
-    print(summary.line(), flush=True)
-    if summary.failed:
-        print(f"{len(summary.failed)} photo(s) failed:", file=sys.stderr)
-        for r in summary.failed:
-            print(f"  {_describe(r)}", file=sys.stderr)
-    print(f"protected copies are in {out_dir}", flush=True)
-    return 1 if summary.failed else 0
+    summary.results[:0] = problems
+    _print_summary(summary, out_dir)
+    return 1 if summary.unprotected else 0

@@ -9,8 +9,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-DEFAULT_DATA = Path("../shared/data")
-
 
 def _print_table(rows: list[list[str]], header: list[str]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
@@ -93,7 +91,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from .detect import DetectorConfig, FaceDetector
-    from .image import ImageLoadError, load_image
+    from .image import ImageLoadError, display_path, load_error_message, load_image
 
     detector = FaceDetector(DetectorConfig(min_face_size=args.min_face_size))
     failed = 0
@@ -101,33 +99,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
         try:
             photo = load_image(path)
         except ImageLoadError as err:
-            print(f"{path}: {err}", file=sys.stderr)
+            print(load_error_message(path, err), file=sys.stderr)
             failed += 1
             continue
         faces = detector.detect(photo)
-        print(f"{path}: {photo.shape[-1]}x{photo.shape[-2]}, {len(faces) or 'no'} face(s)")
+        print(f"{display_path(path)}: {photo.shape[-1]}x{photo.shape[-2]}, {len(faces) or 'no'} face(s)")
         for face in faces:
             x0, y0, x1, y1 = face.box
             print(f"  box ({x0:.0f},{y0:.0f})-({x1:.0f},{y1:.0f}) score {face.score:.3f}")
     return 1 if failed else 0
-
-
-def cmd_bench_lfw(args: argparse.Namespace) -> int:
-    from .bench import run_lfw_benchmark
-
-    return run_lfw_benchmark(args)
-
-
-def cmd_bench_speed(args: argparse.Namespace) -> int:
-    from .bench import run_speed_benchmark
-
-    return run_speed_benchmark(args)
-
-
-def cmd_bench_models(args: argparse.Namespace) -> int:
-    from .bench import run_model_speed_benchmark
-
-    return run_model_speed_benchmark(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,18 +115,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     models = sub.add_parser("models", help="list the face-recognition models and their cache state")
-    models.add_argument("--build", nargs="*", metavar="NAME", help="fetch, verify and convert (default: all)")
+    models.add_argument(
+        "--build", nargs="*", metavar="NAME", help="fetch, verify and convert these models (no NAME: all of them)"
+    )
     models.add_argument(
         "--fetch-lpips",
         action="store_true",
-        help="download LPIPS's AlexNet backbone into the torch cache (needs internet; optional extra measure)",
+        help="download LPIPS's AlexNet backbone into the torch cache (needs internet; optional extra measure; "
+        "default: off)",
     )
-    models.add_argument("--json", action="store_true", help="machine-readable output")
+    models.add_argument("--json", action="store_true", help="machine-readable output (default: off, a table)")
     models.set_defaults(func=cmd_models)
 
     detect = sub.add_parser("detect", help="find faces in photos")
-    detect.add_argument("photos", nargs="+", type=Path)
-    detect.add_argument("--min-face-size", type=int, default=40)
+    detect.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="photo files")
+    detect.add_argument(
+        "--min-face-size",
+        type=int,
+        default=40,
+        metavar="PIXELS",
+        help="smallest face to report, its shorter side in pixels of the photo (default: 40)",
+    )
     detect.set_defaults(func=cmd_detect)
 
     from . import batch
@@ -161,43 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     report_cli.add_arguments(report)
     report.set_defaults(func=report_cli.run)
 
-    bench = sub.add_parser("bench", help="benchmarks that print numbers and write docs/BENCHMARKS.md")
-    bench_sub = bench.add_subparsers(dest="bench", required=True)
-    lfw = bench_sub.add_parser("lfw", help="LFW verification of each model (accuracy, AUC, thresholds)")
-    lfw.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with lfw/ and lfw_protocol/")
-    lfw.add_argument("--models", nargs="*", help="default: every ready model")
-    lfw.add_argument("--pairs", type=int, default=None, help="use only the first N same-person pairs")
-    lfw.add_argument("--impostors", type=int, default=50_000, help="different-person pairs to sample")
-    lfw.add_argument("--write-manifest", action="store_true", help="store the numbers in resources/models.json")
-    lfw.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
-    lfw.set_defaults(func=cmd_bench_lfw)
-    from . import bench_protect
+    from .bench import add_bench_parsers
 
-    protect_bench = bench_sub.add_parser("protect", help="protection on labelled photos, held-out evaluators")
-    bench_protect.add_arguments(protect_bench)
-    protect_bench.set_defaults(func=bench_protect.run_protect_benchmark)
-    from . import bench_tune
-
-    tune = bench_sub.add_parser("tune", help="compare attack settings on tuning judges (never the evaluators)")
-    bench_tune.add_arguments(tune)
-    tune.set_defaults(func=bench_tune.run_tune_benchmark)
-    album = bench_sub.add_parser("album", help="album warm starts: time and protection, cold vs warm")
-    bench_protect.add_album_arguments(album)
-    album.set_defaults(func=bench_protect.run_album_benchmark)
-    photo_speed = bench_sub.add_parser("speed", help="seconds to protect one real photo per preset")
-    photo_speed.add_argument("--photo", type=Path, default=DEFAULT_DATA / "people" / "person_02" / "img49.jpg")
-    photo_speed.add_argument("--presets", nargs="+", default=["low", "mid", "high"])
-    photo_speed.add_argument("--faces", type=int, default=1, help="protect at most this many faces")
-    photo_speed.add_argument("--repeats", type=int, default=1)
-    photo_speed.add_argument("--megapixels", type=float, default=None, help="resample the photo to this size first")
-    photo_speed.add_argument("--ensemble", nargs="+", default=None)
-    photo_speed.add_argument("--device", default="auto")
-    photo_speed.set_defaults(func=cmd_bench_speed)
-    speed = bench_sub.add_parser("models", help="CPU time of forward+backward per model, 1 face and a batch")
-    speed.add_argument("--models", nargs="*")
-    speed.add_argument("--repeats", type=int, default=5)
-    speed.add_argument("--output", type=Path, default=None)
-    speed.set_defaults(func=cmd_bench_models)
+    add_bench_parsers(sub)
     return parser
 
 

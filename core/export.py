@@ -5,6 +5,8 @@ the attack does not see (alpha, grayscale, bit depth, ICC colour profile), encod
 the source's estimated JPEG quality, and writes only the metadata we choose: by default none that could
 identify a person or a device (GPS, serial numbers, owner names, XMP face regions, thumbnails, MakerNotes are
 never copied because nothing is copied wholesale); ``keep_metadata`` keeps the capture date and camera model.
+Every copy carries a marker naming FaceCloak and its version (an XMP packet; see :func:`facecloak_marker`), so a
+later run, ``facecloak report`` and the app recognise a protected copy and never protect it a second time.
 Files appear atomically (temp file + rename in the output folder) and never replace the source photo.
 """
 
@@ -13,15 +15,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import stat
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
+from .. import __version__
 from .files import UMASK
 from .image import FORMAT_OF_SUFFIX, HEIF_SUPPORTED, SourcePhoto, display_name, fmt_name, open_photo, tensor_to_uint8
 
@@ -39,6 +45,20 @@ _KEEP_EXIF_IFD = (0x9003, 0x9004, 0x9010, 0x9011)  # DateTimeOriginal, DateTimeD
 
 _SUFFIX_OF_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp", "HEIF": ".heic"}
 TEMP_MARK = ".facecloak-"  # in every temp file name, so a batch can clean up after a killed run
+
+# The marker of a protected copy: the standard XMP "creator tool" field, naming the program and its version and
+# nothing about the person or the camera. BMP has no metadata field: there the same packet follows the pixel data,
+# where every reader stops (the header says where the pixels end).
+MARKER_TOOL = f"FaceCloak {__version__}"
+MARKER_XMP = (
+    '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    f'<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:CreatorTool="{MARKER_TOOL}"/>'
+    '</rdf:RDF></x:xmpmeta><?xpacket end="r"?>'
+).encode()
+# attribute or element form (an XMP editor may rewrite one as the other)
+_MARKER_PATTERN = re.compile(rb'xmp:CreatorTool(?:="|>)(FaceCloak [0-9][^"<]{0,40})')
+_BMP_MARKER_TAIL = 4096  # bytes read from the end of a BMP to find the marker
 
 
 class ExportError(RuntimeError):
@@ -63,6 +83,41 @@ class ExportOptions:
             raise ValueError("the suffix may not contain a path separator")
         if not self.suffix and not self.same_name:
             raise ValueError("an empty suffix needs same_name (and another output folder)")
+
+
+def facecloak_marker(path: Path) -> str | None:
+    """The marker's "FaceCloak <version>" when ``path`` is a copy FaceCloak wrote, else None.
+
+    Reads the file's metadata only (never its pixels) and never raises: a file that cannot be read or parsed
+    carries no marker, and whoever loads it for real reports the problem.
+    """
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size == 0:  # a FIFO would block the read
+            return None
+        with open(path, "rb") as stream:
+            if stream.read(2) == b"BM":
+                stream.seek(max(0, info.st_size - _BMP_MARKER_TAIL))
+                return _marker_in(stream.read())
+            stream.seek(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(stream) as img:  # parses the headers; pixels are decoded only by load()
+                    return _marker_in(img.info.get("xmp"))
+    except Exception:  # damaged, hostile or unreadable: Pillow raises many types; none of them means "marked"
+        return None
+
+
+def is_facecloak_output(path: Path) -> bool:
+    """Whether ``path`` is a protected copy written by FaceCloak (it carries the marker)."""
+    return facecloak_marker(path) is not None
+
+
+def _marker_in(xmp: bytes | str | None) -> str | None:
+    if not xmp:
+        return None
+    found = _MARKER_PATTERN.search(xmp.encode() if isinstance(xmp, str) else xmp)
+    return found.group(1).decode("utf-8", "replace") if found else None
 
 
 def _writable(fmt: str) -> bool:
@@ -93,14 +148,33 @@ def output_format(source: Path, options: ExportOptions) -> str:
     return _source_format(Path(source))
 
 
-def export_target(source: Path, out_dir: Path, options: ExportOptions) -> Path:
-    """Where the protected copy of ``source`` goes (the source's own suffix when the format is unchanged)."""
+def export_target(source: Path, out_dir: Path, options: ExportOptions, relative_to: Path | None = None) -> Path:
+    """Where the protected copy of ``source`` goes (the source's own suffix when the format is unchanged).
+
+    ``relative_to`` is the folder ``source`` was found under: its subfolders are mirrored under ``out_dir``
+    (``F/a/x.jpg`` -> ``OUT/a/x_cloaked.jpg``), so photos of the same name in two subfolders never share a copy.
+    ValueError when ``source`` does not lie under ``relative_to``.
+    """
     source = Path(source)
     fmt = output_format(source, options)
     own = source.suffix.lower()
     ext = own if FORMAT_OF_SUFFIX.get(own) == fmt else _SUFFIX_OF_FORMAT[fmt]
     stem = source.stem if options.same_name else f"{source.stem}{options.suffix}"
-    return Path(out_dir) / f"{stem}{ext}"
+    folder = Path(out_dir)
+    if relative_to is not None:
+        folder = folder / _mirrored(source, Path(relative_to))
+    return folder / f"{stem}{ext}"
+
+
+def _mirrored(source: Path, root: Path) -> Path:
+    """The subfolder of ``source`` below ``root`` (lexically, as a folder walk names it)."""
+    try:
+        relative = source.parent.relative_to(root)
+    except ValueError:
+        raise ValueError(f"{display_name(source)} is not inside {display_name(root)}") from None
+    if ".." in relative.parts:
+        raise ValueError(f"{display_name(source)} is not inside {display_name(root)}")
+    return relative
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -155,12 +229,27 @@ def _compose(photo: SourcePhoto, pixels: np.ndarray, fmt: str) -> tuple[Image.Im
     return rgb, notes
 
 
+def _marker_params(fmt: str) -> dict:
+    """Save parameters that write the FaceCloak marker (BMP: see :func:`_encode`)."""
+    if fmt in ("JPEG", "WEBP", "HEIF"):
+        return {"xmp": MARKER_XMP}
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", MARKER_XMP.decode(), zip=False)  # where XMP lives in a PNG
+        return {"pnginfo": info}
+    return {}  # TIFF: with the EXIF tags in _save_params
+
+
 def _save_params(photo: SourcePhoto, fmt: str, options: ExportOptions) -> dict:
-    params: dict = {}
+    params: dict = _marker_params(fmt)
     if photo.icc_profile and fmt != "BMP":
         params["icc_profile"] = photo.icc_profile
     exif = filtered_exif(photo.exif, options.keep_metadata, fmt)
-    if exif is not None and fmt != "BMP":
+    if fmt == "TIFF":  # Pillow's TIFF writer takes tiffinfo over exif: the marker (tag 700, XMP) joins the tags
+        tags = exif if exif is not None else Image.Exif()
+        tags[700] = MARKER_XMP
+        params["tiffinfo"] = tags
+    elif exif is not None and fmt != "BMP":
         params["exif"] = exif.tobytes()
     if fmt == "JPEG":
         if options.jpeg_quality is not None:
@@ -189,6 +278,8 @@ def _save_params(photo: SourcePhoto, fmt: str, options: ExportOptions) -> dict:
 def _encode(image: Image.Image, stream: BinaryIO, fmt: str, params: dict) -> None:
     """Encode into an open file (a separate function so tests can simulate a full disk here)."""
     image.save(stream, format=fmt, **params)
+    if fmt == "BMP":  # no metadata field: the marker follows the pixel data
+        stream.write(MARKER_XMP)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -278,7 +369,7 @@ def export_protected(
 
 
 def remove_stale_temp_files(out_dir: Path) -> int:
-    """Delete temp files a killed run left in ``out_dir`` (only ours, recognised by their name)."""
+    """Delete temp files a killed run left in ``out_dir`` (only ours, recognised by their name; not in subfolders)."""
     removed = 0
     with contextlib.suppress(OSError):
         for entry in Path(out_dir).iterdir():

@@ -82,6 +82,19 @@ def display_name(path: str | Path) -> str:
     return "".join(c if c.isprintable() else "?" for c in name)
 
 
+def display_path(path: str | Path) -> str:
+    """The path as given, safe to print on one line (tells apart photos of one name in different folders)."""
+    return "".join(c if c.isprintable() else "?" for c in str(path))
+
+
+def load_error_message(path: str | Path, err: ImageLoadError) -> str:
+    """``err`` (which names the file) as one line naming the path as given instead."""
+    message, name = str(err), display_name(path)
+    if message.startswith(f"{name}: "):
+        message = message[len(name) + 2 :]
+    return f"{display_path(path)}: {message}"
+
+
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())[:200]
 

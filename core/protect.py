@@ -14,7 +14,15 @@ from .attack import Cloak, CloakConfig, CloakResult
 from .detect import DetectorConfig, Face, FaceDetector
 from .device import select_device
 from .export import ExportError, ExportOptions, export_protected, export_target
-from .image import PHOTO_SUFFIXES, ImageLoadError, SourcePhoto, display_name, open_photo, pil_to_tensor
+from .image import (
+    PHOTO_SUFFIXES,
+    ImageLoadError,
+    SourcePhoto,
+    display_name,
+    display_path,
+    open_photo,
+    pil_to_tensor,
+)
 from .zoo.manifest import load_manifest, load_roles
 from .zoo.registry import load_model
 
@@ -35,23 +43,32 @@ def check_disjoint(ensemble: Sequence[str], evaluators: Sequence[str]) -> None:
         raise ValueError(f"ensemble and evaluators share model families {sorted(shared)}: the report would lie")
 
 
-def iter_photos(
+@dataclass(frozen=True)
+class FoundPhoto:
+    """A photo file and the given folder it was found under (None when it was given as a file itself)."""
+
+    path: Path
+    root: Path | None = None
+
+
+def find_photos(
     paths: Iterable[Path],
     on_error: Callable[[Path, str], None] | None = None,
     exclude: Path | None = None,
-) -> list[Path]:
+) -> list[FoundPhoto]:
     """Photo files among ``paths`` (folders searched recursively, symlink loops ignored), sorted, unique.
 
-    ``on_error(folder, message)`` hears about folders that cannot be listed; photos under ``exclude`` (the
-    output folder, when it lies inside an album) are left out so a second run never protects its own outputs.
+    Each knows the given folder it came from, so the output can mirror the album's subfolders. A photo found
+    under two given folders belongs to the first. ``on_error(folder, message)`` hears about folders that
+    cannot be listed; photos under ``exclude`` (the output folder, when it lies inside an album) are left out.
     """
-    found: dict[Path, None] = {}
+    found: dict[Path, Path | None] = {}
     skip = os.path.realpath(exclude) if exclude is not None else None
 
     def walk_error(err: OSError) -> None:
         if on_error is not None:
             where = Path(err.filename) if err.filename else Path("?")
-            on_error(where, f"{display_name(where)}: cannot list folder ({err.strerror or err})")
+            on_error(where, f"{display_path(where)}: cannot list folder ({err.strerror or err})")
 
     for path in paths:
         path = Path(path)
@@ -63,10 +80,19 @@ def iter_photos(
                         continue
                 for name in sorted(files):
                     if Path(name).suffix.lower() in PHOTO_SUFFIXES:
-                        found[Path(root) / name] = None
+                        found.setdefault(Path(root) / name, path)
         else:
-            found[path] = None
-    return sorted(found)
+            found.setdefault(path, None)
+    return [FoundPhoto(p, found[p]) for p in sorted(found)]
+
+
+def iter_photos(
+    paths: Iterable[Path],
+    on_error: Callable[[Path, str], None] | None = None,
+    exclude: Path | None = None,
+) -> list[Path]:
+    """The paths of :func:`find_photos`: photo files among ``paths``, sorted, unique."""
+    return [photo.path for photo in find_photos(paths, on_error, exclude)]
 
 
 @dataclass(frozen=True)

@@ -8,38 +8,90 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("photo", type=Path, help="the protected photo")
+    parser.add_argument("photo", type=Path, metavar="PROTECTED", help="the protected photo")
     parser.add_argument(
         "--against",
         nargs="+",
         type=Path,
         required=True,
-        help="clean photos of the same person; one with the protected photo's size is taken as its original",
+        metavar="CLEAN",
+        help="clean photos of the same person (required); one with the protected photo's size is taken as its original",
     )
-    parser.add_argument("--evaluators", nargs="+", default=None, help="default: the manifest's held-out models")
-    parser.add_argument("--ensemble", nargs="+", default=None, help="models the photo was protected with")
-    parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--evaluators",
+        nargs="+",
+        default=None,
+        metavar="MODEL",
+        help="models that measure (default: the manifest's held-out models)",
+    )
+    parser.add_argument(
+        "--ensemble",
+        nargs="+",
+        default=None,
+        metavar="MODEL",
+        help="models the photo was protected with (default: the manifest's ensemble)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON here (default: none)"
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="where the models run; auto takes CUDA, then Apple MPS, then the CPU (default: auto)",
+    )
+
+
+def _marker_notes(protected: Path, original: Path, others: list[Path]) -> None:
+    """Say which of the photos carry FaceCloak's marker: the protected one should, the clean ones must not."""
+    from .export import facecloak_marker
+    from .image import display_path
+
+    marker = facecloak_marker(protected)
+    if marker is not None:
+        print(f"{display_path(protected)}: carries the FaceCloak marker ({marker}): a copy FaceCloak protected")
+    else:
+        print(f"{display_path(protected)}: no FaceCloak marker (not written by FaceCloak, or its metadata was removed)")
+    marker = facecloak_marker(original)
+    if marker is not None:
+        print(
+            f"warning: the original {display_path(original)} is itself a protected copy ({marker}): the report "
+            "measures one protected copy against another, not against the clean photo",
+            file=sys.stderr,
+        )
+    for other in others:
+        marker = facecloak_marker(other)
+        if marker is not None:
+            print(
+                f"warning: the clean photo {display_path(other)} is a protected copy ({marker}): links to it are "
+                "not links to a clean photo",
+                file=sys.stderr,
+            )
 
 
 def run(args: argparse.Namespace) -> int:
     from .detect import FaceDetector
-    from .image import ImageLoadError, load_image
+    from .image import ImageLoadError, load_error_message, load_image
     from .protect import default_ensemble
     from .report import LIMITATIONS, ProtectionEvaluator
     from .zoo.registry import ModelNotReady
 
+    path = args.photo
     try:
-        protected = load_image(args.photo)
-        clean = [load_image(p) for p in args.against]
+        protected = load_image(path)
+        clean = []
+        for path in args.against:
+            clean.append(load_image(path))
     except ImageLoadError as err:
-        print(f"cannot read: {err}", file=sys.stderr)
+        print(f"cannot read: {load_error_message(path, err)}", file=sys.stderr)
         return 2
     original_index = next((i for i, c in enumerate(clean) if c.shape == protected.shape), None)
     if original_index is None:
         print("none of --against has the protected photo's size: pass its original", file=sys.stderr)
         return 2
     original = clean[original_index]
+    others = [p for i, p in enumerate(args.against) if i != original_index]
+    _marker_notes(args.photo, args.against[original_index], others)
     detector = FaceDetector()
     faces = detector.detect(original)
     if not faces:

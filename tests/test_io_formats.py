@@ -13,7 +13,15 @@ import pytest
 import torch
 from PIL import Image, ImageCms
 
-from facecloak.core.export import ExportError, ExportOptions, export_protected, export_target
+import facecloak
+from facecloak.core.export import (
+    MARKER_XMP,
+    ExportError,
+    ExportOptions,
+    export_protected,
+    export_target,
+    facecloak_marker,
+)
 from facecloak.core.image import HEIF_SUPPORTED, estimate_jpeg_quality, open_photo, pil_to_tensor
 
 SERIAL = "SN-4242-SECRET"
@@ -100,7 +108,9 @@ def test_round_trip_keeps_format_and_pixels_and_strips_metadata(tmp_path, pictur
     exif = written.getexif()
     assert 0x8825 not in exif and not exif.get_ifd(0x8825)  # no GPS
     assert exif.get_ifd(0x8769).get(0xA431) is None
-    assert not written.info.get("xmp")
+    if fmt != "BMP":  # the only XMP is FaceCloak's marker (program and version), whatever the source held
+        assert written.info.get("xmp") == MARKER_XMP
+    assert facecloak_marker(out) == f"FaceCloak {facecloak.__version__}"
     if fmt != "BMP":  # BMP holds no profile in Pillow's writer
         assert written.info.get("icc_profile") == srgb_icc()
     if keep and fmt != "BMP":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import os
 import re
@@ -159,7 +160,8 @@ def build_corpus(folder: Path, astronaut: np.ndarray) -> dict[str, tuple[list[Pa
     frames = [small.rotate(a) for a in (0, 10, 20)]
     gif = io.BytesIO()
     frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
-    add("animated GIF", "anim.gif", gif.getvalue(), ANY_FAILURE, r"animated image \(3 frames\)")
+    # a GIF's copy would be a PNG: named apart from anim.png, whose copy would have the same name (a collision)
+    add("animated GIF", "anim_gif.gif", gif.getvalue(), ANY_FAILURE, r"animated image \(3 frames\)")
     apng = io.BytesIO()
     frames[0].save(apng, "PNG", save_all=True, append_images=frames[1:])
     add("animated PNG", "anim.png", apng.getvalue(), ANY_FAILURE, r"animated image")
@@ -258,11 +260,17 @@ def corpus_run(tmp_path_factory, astronaut, worker):
     walked = iter_photos([folder / "loop"])
     assert sorted(p.name for p in walked) == ["ping.jpg", "pong.jpg", "self.jpg"]
     order = [p for paths, _s, _m in cases.values() for p in paths]
+    before = file_digests(folder)
     lines: list[str] = []
     with unreadable(folder / "secret.jpg"):
         summary = run_batch(order, out, worker.settings, worker=worker, log=lines.append)
     by_source = {Path(r.source): r for r in summary.results}
-    return cases, by_source, out, lines
+    return cases, by_source, out, lines, before
+
+
+def file_digests(folder: Path) -> dict[Path, str]:
+    """sha256 of every regular file under ``folder`` (FIFOs, folders and symlink loops left out)."""
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_the_corpus_has_at_least_40_cases(corpus_run):
@@ -271,7 +279,7 @@ def test_the_corpus_has_at_least_40_cases(corpus_run):
 
 
 def test_every_case_got_exactly_one_result_in_order_and_the_batch_went_on(corpus_run):
-    cases, by_source, _out, lines = corpus_run
+    cases, by_source, _out, lines, _before = corpus_run
     given = [p for paths, _s, _m in cases.values() for p in paths]
     assert set(by_source) == set(given)
     assert by_source[given[-1]].status == "protected"  # the last photo was still reached and protected
@@ -332,7 +340,7 @@ def _case_ids():
 
 @pytest.mark.parametrize("case", _case_ids())
 def test_case_outcome_and_message(corpus_run, case):
-    cases, by_source, _out, _lines = corpus_run
+    cases, by_source, _out, _lines, _before = corpus_run
     paths, statuses, pattern = cases[case]
     for path in paths:
         result = by_source[path]
@@ -346,15 +354,21 @@ def test_case_outcome_and_message(corpus_run, case):
             assert written.size == open_photo(path).size
 
 
+def test_originals_are_byte_identical(corpus_run):
+    cases, *_rest, before = corpus_run
+    folder = next(iter(cases.values()))[0][0].parent
+    assert len(before) > 40 and file_digests(folder) == before
+
+
 def test_no_partial_or_stray_file_is_left(corpus_run):
-    _cases, by_source, out, _lines = corpus_run
+    _cases, by_source, out, _lines, _before = corpus_run
     expected = {Path(r.output).name for r in by_source.values() if r.status == "protected"}
     present = {p.name for p in out.iterdir() if not p.name.startswith(".facecloak-journal")}
     assert present == expected  # no temp files, no outputs for failed photos
 
 
 def test_every_orientation_is_upright(corpus_run, astronaut):
-    cases, by_source, _out, _lines = corpus_run
+    cases, by_source, _out, _lines, _before = corpus_run
     reference = np.asarray(Image.fromarray(astronaut), dtype=np.float32)
     for orientation in range(1, 9):
         (path,), _s, _m = cases[f"EXIF orientation {orientation}"]
@@ -366,7 +380,7 @@ def test_every_orientation_is_upright(corpus_run, astronaut):
 
 
 def test_crowd_protects_all_30_faces(corpus_run):
-    cases, by_source, _out, _lines = corpus_run
+    cases, by_source, _out, _lines, _before = corpus_run
     (path,), _s, _m = cases["30 small faces"]
     assert by_source[path].faces == 30
 
