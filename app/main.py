@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
 
     window = MainWindow()
     install_error_hook(window)
+    # quitting without closing the window (--quit-after, the session ending): the worker thread stops first,
+    # since a QThread destroyed while it runs aborts the process
+    app.aboutToQuit.connect(lambda: window.shutdown() or window.thread.wait())
     window.show()
     photos = [Path(a) for a in argv[1:] if not a.startswith("-")]
     if photos:

@@ -74,7 +74,13 @@ def save_report_files(report: Any, images: dict[str, np.ndarray], output: Path) 
         from facecloak.core.report import LIMITATIONS
     except ImportError:
         LIMITATIONS = ""
+    from facecloak.core.export import TEMP_MARK
+    from facecloak.core.files import replace_atomically
+
     json_path, png_path = report_paths(output)
-    json_path.write_text(report.to_json(), encoding="utf-8")
-    compose_report_image(report, images, LIMITATIONS).save(png_path)
+    text = report.to_json()
+    page = compose_report_image(report, images, LIMITATIONS)
+    # each file appears whole or not at all, like the protected photo itself
+    replace_atomically(json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"), prefix=TEMP_MARK)
+    replace_atomically(png_path, lambda tmp: page.save(tmp, format="PNG"), prefix=TEMP_MARK)
     return json_path, png_path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,43 @@ from PySide6.QtWidgets import (
 
 from .album import AlbumStrip, DropZone, PathDropTarget
 from .model import DETECTING, ERROR, NO_FACE, PREVIEW_STEPS, PROTECTED, PROTECTING, QUEUED, PhotoEntry, RunSettings
+from .output import KEEP_BOTH, OVERWRITE, SKIP, target_path
 from .preview import DIFFERENCE, FLICKER, SIDE_BY_SIDE, SPLIT, PreviewWidget
 from .report_image import compose_report_image, report_paths
 from .report_panel import ReportPanel, limitations_text
 from .settings_panel import SettingsPanel
-from .worker import ExportItem, PhotoJob, RunControl, Worker
+from .worker import NOT_SAVED, ExportItem, PhotoJob, RunControl, Worker
 
 IMAGE_EXTENSIONS = "*.jpg *.jpeg *.png *.webp *.bmp *.tif *.tiff"
 PIXEL_CACHE = 6  # full-resolution photos kept in memory for the preview (the rest reload from disk)
+# Closing waits this long for the worker (it stops within about a second); past it, the window stays open,
+# says it is closing, and closes itself once the worker has stopped (a QThread must never die running).
+CLOSE_WAIT_MS = 3000
+SKIPPED_EXISTING = "skipped (output exists)"
+SUMMARY_ORDER = (PROTECTED, NOT_SAVED, SKIPPED_EXISTING, NO_FACE, ERROR)
+
+
+def run_summary_text(counts: dict[str, int], cancelled: bool) -> str:
+    """The status-bar line at the end of a run: every photo counted as what really happened to it."""
+    kinds = [k for k in SUMMARY_ORDER if counts.get(k)] + sorted(k for k in counts if k not in SUMMARY_ORDER)
+    text = ", ".join(f"{counts[k]} {k}" for k in kinds if counts[k]) or "nothing done"
+    return ("Cancelled: " if cancelled else "Done: ") + text
+
+
+def existing_outputs_text(targets: list[Path]) -> str:
+    """The question asked before a run when protected copies with the same names exist already."""
+    from facecloak.core.image import display_name
+
+    n = len(targets)
+    names = ", ".join(display_name(t) for t in targets[:5]) + (f" and {n - 5} more" if n > 5 else "")
+    folders = {t.parent for t in targets}
+    where = f" in {folders.pop()}" if len(folders) == 1 else ""
+    example = display_name(targets[0].with_name(f"{targets[0].stem} (2){targets[0].suffix}"))
+    return (
+        f"{n} of the protected copies this run would write exist{'s' if n == 1 else ''} already{where}: {names}.\n\n"
+        f"Overwrite them, keep both (the new copy gets a numbered name such as {example}), "
+        "or skip these photos? Originals are never changed."
+    )
 
 
 def format_eta(seconds: float) -> str:
@@ -81,6 +111,8 @@ class MainWindow(PathDropTarget, QMainWindow):
         self._current_faces = 1
         self._current_step = 0
         self._done_keys: set[str] = set()
+        self._run_skipped = 0  # photos left out of the current run because their copy exists
+        self._closing = False
 
         from facecloak.core.zoo.manifest import load_manifest, load_roles
 
@@ -275,7 +307,7 @@ class MainWindow(PathDropTarget, QMainWindow):
         help_menu = menu.addMenu("&Help")
         help_menu.addAction(self.act_about)
 
-        tools = self.addToolBar("Main")
+        tools = self.toolbar = self.addToolBar("Main")
         tools.setObjectName("mainToolbar")
         tools.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
         for act in (self.act_open, None, self.act_protect, self.act_look, self.act_pause, self.act_cancel, None):
@@ -512,9 +544,15 @@ class MainWindow(PathDropTarget, QMainWindow):
             if entry is not None and entry.status == PROTECTING:
                 entry.status, entry.progress, entry.message = QUEUED, 0.0, "cancelled"
                 self._refresh_entry(entry)
-        counts = summary.get("counts", {})
-        text = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing done"
-        self._set_activity(("Cancelled: " if cancelled else "Done: ") + text)
+        counts = dict(summary.get("counts", {}))
+        if self._run_skipped:
+            counts[SKIPPED_EXISTING] = self._run_skipped
+        if counts.get(NOT_SAVED):
+            self.show_error(
+                f"{counts[NOT_SAVED]} protected photo(s) could not be written (the album's tooltips say why). "
+                "They are kept in memory: use File > Export protected to write them elsewhere."
+            )
+        self._set_activity(run_summary_text(counts, bool(cancelled)))
         self._end_run()
         self.runFinished.emit(summary)
 
@@ -554,8 +592,60 @@ class MainWindow(PathDropTarget, QMainWindow):
             entry.path,
             list(entry.faces) if entry.faces is not None else None,
             list(entry.enabled) if entry.faces is not None else None,
-            overwrite=entry.output is not None,  # replacing our own earlier output of this photo
         )
+
+    def _plan_outputs(
+        self, todo: list[PhotoEntry], settings: RunSettings
+    ) -> tuple[list[PhotoJob], list[PhotoEntry]] | None:
+        """The run's jobs and the photos skipped because their copy exists; None when the user cancelled.
+
+        Every output name is checked before any work: names taken by other files are asked about once
+        (overwrite / keep both / skip); our own earlier copy of a photo is replaced; a name that two photos of
+        this run share goes numbered for the second, so a run never overwrites what it wrote itself.
+        ValueError when the settings cannot name a copy.
+        """
+        own, repeats, conflicts, seen = set(), set(), {}, set()
+        for e in todo:
+            target = target_path(e.path, settings.output_folder(e.path), settings)
+            where = target.resolve()
+            if where in seen:
+                repeats.add(e.key)
+            elif e.output is not None and e.output.resolve() == where:
+                own.add(e.key)
+            elif os.path.lexists(target):  # a dangling link takes the name too
+                conflicts[e.key] = target
+            seen.add(where)
+        choice = OVERWRITE if settings.overwrite else None
+        if conflicts and choice is None:
+            choice = self.ask_existing_outputs(list(conflicts.values()))
+            if choice is None:
+                return None
+        jobs, skipped = [], []
+        for e in todo:
+            if e.key in conflicts and choice == SKIP:
+                skipped.append(e)
+                continue
+            job = self._job(e)
+            job.overwrite = e.key in own or (e.key in conflicts and choice == OVERWRITE)
+            job.keep_both = e.key in repeats or (e.key in conflicts and choice == KEEP_BOTH)
+            jobs.append(job)
+        return jobs, skipped
+
+    def ask_existing_outputs(self, targets: list[Path]) -> str | None:
+        """Ask once what to do with photos whose protected copy exists: OVERWRITE, KEEP_BOTH, SKIP, or None."""
+        text = existing_outputs_text(targets)
+        box = QMessageBox(QMessageBox.Icon.Question, "Protected copies exist", text, parent=self)
+        box.setObjectName("existingOutputs")
+        choices = [
+            (box.addButton("Overwrite", QMessageBox.ButtonRole.DestructiveRole), OVERWRITE),
+            (box.addButton("Keep both", QMessageBox.ButtonRole.AcceptRole), KEEP_BOTH),
+            (box.addButton("Skip these photos", QMessageBox.ButtonRole.AcceptRole), SKIP),
+        ]
+        cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(choices[1][0])
+        box.setEscapeButton(cancel)
+        box.exec()
+        return next((choice for button, choice in choices if button is box.clickedButton()), None)
 
     def protect_all(self) -> bool:
         """Protect every queued photo (and retry failed ones); returns whether a run started."""
@@ -572,10 +662,27 @@ class MainWindow(PathDropTarget, QMainWindow):
         if not todo:
             self._set_activity("Nothing to protect: add photos, or change a face selection to protect again.")
             return False
+        try:
+            plan = self._plan_outputs(todo, settings)
+        except (OSError, ValueError) as err:
+            self.show_error(f"Cannot name the protected copies: {err}")
+            return False
+        if plan is None:
+            self._set_activity("Nothing started: the existing protected copies are left as they are.")
+            return False
+        jobs, skipped = plan
+        for entry in skipped:
+            taken = target_path(entry.path, settings.output_folder(entry.path), settings)
+            entry.message = f"skipped: {taken.name} exists (not overwritten)"
+            self._refresh_entry(entry)
+        if not jobs:
+            self._set_activity(f"Nothing protected: the copies of all {len(skipped)} photo(s) exist (skipped).")
+            return False
         self.banner.hide()
         self.control.reset()
         self.mode = "protect"
-        self._run_keys = [e.key for e in todo]
+        self._run_skipped = len(skipped)
+        self._run_keys = [job.key for job in jobs]
         self._done_keys = set()
         self._current_step = 0
         self._run_steps = settings.steps or 0
@@ -583,7 +690,7 @@ class MainWindow(PathDropTarget, QMainWindow):
         self.progress.show()
         self.eta_label.setText("ETA: measuring speed…")
         self._update_actions()
-        self.worker.protectRequested.emit([self._job(e) for e in todo], settings)
+        self.worker.protectRequested.emit(jobs, settings)
         return True
 
     def preview_look(self) -> bool:
@@ -887,16 +994,67 @@ class MainWindow(PathDropTarget, QMainWindow):
         box.open()
         self.about_box = box
 
-    def shutdown(self, timeout_ms: int = 30000) -> None:
-        """Stop the worker (within one optimisation step) and its thread."""
-        self.control.cancel()
+    def shutdown(self, timeout_ms: int | None = None) -> bool:
+        """Cancel all the worker does or has queued and stop its thread; whether it stopped in ``timeout_ms``.
+
+        The default wait is :data:`CLOSE_WAIT_MS`.
+        """
+        self.control.close()
         self.thread.quit()
-        self.thread.wait(timeout_ms)
+        return self.thread.wait(CLOSE_WAIT_MS if timeout_ms is None else timeout_ms)
+
+    def unsaved_photos(self) -> list[PhotoEntry]:
+        """Protected photos held only in memory (their file could not be written)."""
+        return [e for e in self.entries.values() if e.pinned_protected is not None]
+
+    def close_question(self) -> str:
+        """What quitting now would stop or lose, as the question to ask; empty when nothing would be."""
+        parts = []
+        if self.mode == "protect":
+            parts.append("Photos are being protected: quitting cancels the run (photos already finished are saved).")
+        elif self.mode == "export":
+            parts.append("An export is running: quitting stops it after the photo being written.")
+        unsaved = len(self.unsaved_photos())
+        if unsaved:
+            parts.append(
+                f"{unsaved} protected photo(s) exist only in memory (they could not be written): quitting discards "
+                "them. Keep working and use File > Export protected to save them."
+            )
+        return "\n\n".join(parts)
+
+    def ask_quit(self, question: str) -> bool:
+        """Ask whether to quit anyway (``question`` from :meth:`close_question`)."""
+        box = QMessageBox(QMessageBox.Icon.Question, "Quit FaceCloak?", question, parent=self)
+        box.setObjectName("quitQuestion")
+        label = "Cancel the run and quit" if self.mode in ("protect", "export") else "Discard and quit"
+        quit_button = box.addButton(label, QMessageBox.ButtonRole.DestructiveRole)
+        keep = box.addButton("Keep working", QMessageBox.ButtonRole.RejectRole)
+        box.setDefaultButton(keep)
+        box.setEscapeButton(keep)
+        box.exec()
+        return box.clickedButton() is quit_button
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if self._closing:  # already stopping: close once the worker has stopped
+            event.setAccepted(self.thread.isFinished())
+            return
+        question = self.close_question()
+        if question and not self.ask_quit(question):
+            event.ignore()
+            return
+        self._closing = True
         self.save_window_state()
-        self.shutdown()
-        event.accept()
+        if self.shutdown():
+            event.accept()
+            return
+        # the step under way outlasted the wait: stay open, say so, and close once the worker has stopped
+        event.ignore()
+        for part in (self.centralWidget(), self.menuBar(), self.toolbar):
+            part.setEnabled(False)
+        self._set_activity("Closing: waiting for the current step to finish…")
+        self.thread.finished.connect(self.close)
+        if self.thread.isFinished():  # it stopped between the wait and the connection
+            QTimer.singleShot(0, self.close)
 
 
 def install_error_hook(window: MainWindow) -> None:

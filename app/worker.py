@@ -3,7 +3,8 @@
 ``Worker`` is a QObject moved to a QThread. The window asks for work through queued signals (so requests run
 one after another in the worker's thread) and hears back through signals carrying plain Python objects.
 Pause and Cancel do not go through the event loop (it is busy running the request): they set a
-thread-safe :class:`RunControl` that the cloak polls once per optimisation step.
+thread-safe :class:`RunControl` that the cloak polls once per optimisation step and the report once per forward
+pass of a held-out model (:class:`CancellableModel`), so a run stops within about a second at any stage.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,11 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal, Slot
 
 from .model import PREVIEW_STEPS, RunSettings
-from .output import copy_atomic, save_protected, target_path
+from .output import copy_atomic, save_protected, save_protected_new_name, target_path
 
 THUMB_SIDE = 160
+REPORT_CHUNK = 8  # crops per forward pass of a held-out model in the report: about 0.5 s each on one CPU core
+NOT_SAVED = "not saved"  # protected, but the file could not be written (the pixels stay in memory)
 
 
 class RunControl:
@@ -31,6 +35,7 @@ class RunControl:
         self._cond = threading.Condition()
         self._paused = False
         self._cancelled = False
+        self._closing = False
 
     def pause(self) -> None:
         with self._cond:
@@ -47,9 +52,15 @@ class RunControl:
             self._paused = False
             self._cond.notify_all()
 
+    def close(self) -> None:
+        """The app is quitting: cancel what runs and every request still queued (``reset`` does not undo this)."""
+        with self._cond:
+            self._closing = True
+        self.cancel()
+
     def reset(self) -> None:
         with self._cond:
-            self._cancelled = False
+            self._cancelled = self._closing
             self._paused = False
 
     @property
@@ -62,12 +73,49 @@ class RunControl:
         with self._cond:
             return self._cancelled
 
+    @property
+    def closing(self) -> bool:
+        with self._cond:
+            return self._closing
+
     def should_cancel(self) -> bool:
         """Called by the cloak once per step: blocks while paused, True once cancelled."""
         with self._cond:
             while self._paused and not self._cancelled:
                 self._cond.wait(0.5)
             return self._cancelled
+
+
+class ReportCancelled(RuntimeError):
+    """The run was cancelled while the report was being measured."""
+
+
+class CancellableModel:
+    """A held-out model of the report that checks the run's cancel flag before each forward pass.
+
+    The evaluator runs one batched pass per model and face (25 degraded crops: over a second on one CPU core for
+    the larger models); passes of at most :data:`REPORT_CHUNK` crops keep the report's reaction to Cancel, Pause
+    and closing the window well under a second. Every other attribute is the model's own.
+    """
+
+    def __init__(self, model: Any, should_cancel: Callable[[], bool]) -> None:
+        self._model = model
+        self._should_cancel = should_cancel
+
+    def __call__(self, crops: Any) -> Any:
+        import torch
+
+        parts = []
+        for part in crops.split(REPORT_CHUNK):
+            if self._should_cancel():
+                raise ReportCancelled("the report was cancelled")
+            parts.append(self._model(part))
+        return torch.cat(parts)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("_model", "_should_cancel"):  # not set yet (copying): never recurse
+            raise AttributeError(name)
+        return getattr(self._model, name)
 
 
 @dataclass
@@ -78,7 +126,8 @@ class PhotoJob:
     path: Path
     faces: list[Any] | None = None
     enabled: list[bool] | None = None
-    overwrite: bool = False  # replace our own earlier output of this photo
+    overwrite: bool = False  # replace the file at the output's name (our earlier copy, or the user said so)
+    keep_both: bool = False  # the output's name is taken: write under a numbered name beside it
 
 
 @dataclass
@@ -96,6 +145,11 @@ class PhotoResult:
     report_error: str = ""
     saved: bool = False
 
+    @property
+    def count_as(self) -> str:
+        """How the run's summary counts this photo: a protected photo that could not be written is not protected."""
+        return NOT_SAVED if self.status == "protected" and not self.saved else self.status
+
 
 @dataclass
 class ExportItem:
@@ -105,6 +159,12 @@ class ExportItem:
     message: str = ""
     output: Path | None = None
     protected: np.ndarray | None = None
+
+
+def already_protected_message(path: Path) -> str:
+    from facecloak.core.image import display_name
+
+    return f"{display_name(path)} is already a protected copy made by FaceCloak: protect the original photo instead"
 
 
 def _short(err: BaseException) -> str:
@@ -190,12 +250,24 @@ class Worker(QObject):
     def _get_evaluator(self, settings: RunSettings):
         from facecloak.core.report import ProtectionEvaluator
 
+        def build():
+            evaluator = ProtectionEvaluator(list(settings.evaluators) or None, device=settings.device)
+            evaluator.models = [CancellableModel(m, self.control.should_cancel) for m in evaluator.models]
+            return evaluator
+
         return self._cached(
             "evaluator",
             (tuple(settings.evaluators), settings.device),
             "Loading the held-out models for the report…",
-            lambda: ProtectionEvaluator(list(settings.evaluators) or None, device=settings.device),
+            build,
         )
+
+    @staticmethod
+    def _make_cloak(protector, config):
+        """The attack for this run, sharing the protector's loaded models."""
+        from facecloak.core.attack import Cloak
+
+        return Cloak(protector.models, config, lpips=protector.cloak.lpips)
 
     @staticmethod
     def cloak_config(settings: RunSettings, steps: int | None = None):
@@ -233,10 +305,16 @@ class Worker(QObject):
     def detect(self, items: list[tuple[str, Path]]) -> None:
         from PIL import Image
 
+        from facecloak.core.export import is_facecloak_output
         from facecloak.core.image import ImageLoadError, load_pil, pil_to_tensor
 
         for key, path in items:
+            if self.control.closing:
+                return
             self.detecting.emit(key)
+            if is_facecloak_output(path):
+                self.detected.emit(key, {"error": already_protected_message(path)})
+                continue
             try:
                 image = load_pil(path)
                 thumb = image.copy()
@@ -266,12 +344,15 @@ class Worker(QObject):
     def protect(self, jobs: list[PhotoJob], settings: RunSettings) -> None:
         counts: dict[str, int] = {}
         cancelled = False
+        if self.control.cancelled:  # cancelled (or the window closed) before the run reached this thread
+            self.runFinished.emit({"cancelled": True, "counts": counts})
+            return
         try:
             protector = self._get_protector(settings)
-            from facecloak.core.attack import Cloak, CloakCancelled
+            from facecloak.core.attack import CloakCancelled
 
             config = self.cloak_config(settings)
-            cloak = Cloak(protector.models, config, lpips=protector.cloak.lpips)
+            cloak = self._make_cloak(protector, config)
         except Exception as err:
             self.failed.emit(f"Cannot start protecting: {_short(err)}")
             self.runFinished.emit({"cancelled": False, "counts": counts, "error": _short(err)})
@@ -288,7 +369,7 @@ class Worker(QObject):
             except Exception as err:  # one bad photo must not stop the album
                 traceback.print_exc()
                 result = PhotoResult(job.key, "error", message=f"{job.path.name}: {_short(err)}")
-            counts[result.status] = counts.get(result.status, 0) + 1
+            counts[result.count_as] = counts.get(result.count_as, 0) + 1
             self.photoFinished.emit(job.key, result)
         self.runFinished.emit({"cancelled": cancelled, "counts": counts})
 
@@ -315,39 +396,52 @@ class Worker(QObject):
         )
         # Written as soon as it is done; a failed write keeps the pixels so the user can export them elsewhere.
         try:
-            out.output = save_protected(
-                job.path, protected, settings.output_folder(job.path), settings, overwrite=job.overwrite or None
-            )
+            out.output = self._save(job, protected, settings)
             out.saved = True
         except Exception as err:
             out.message = f"protected, but not saved: {_short(err)}"
         if settings.measure:
-            self.measuring.emit(job.key)
-            try:
-                evaluator = self._get_evaluator(settings)
-                report = evaluator.report(photo, protected, chosen, list(protector.ensemble_names))
-                from facecloak.core.report import render_heatmap, render_similarity_bars
-
-                out.report = report
-                out.report_images = {
-                    "heatmap": np.asarray(render_heatmap(report).convert("RGB")),
-                    "bars": np.asarray(render_similarity_bars(report).convert("RGB")),
-                }
-                if settings.save_report and out.output is not None:
-                    from .report_image import save_report_files
-
-                    save_report_files(report, out.report_images, out.output)
-            except ImportError:
-                out.report_error = "report unavailable (this version has no protection report module)"
-            except Exception as err:
-                out.report_error = f"report unavailable: {_short(err)}"
+            self._measure(out, photo, protected, list(protector.ensemble_names), settings)
         out.seconds = time.perf_counter() - start
         return out
+
+    @staticmethod
+    def _save(job: PhotoJob, protected, settings: RunSettings) -> Path:
+        folder = settings.output_folder(job.path)
+        if job.keep_both:
+            return save_protected_new_name(job.path, protected, folder, settings)
+        return save_protected(job.path, protected, folder, settings, overwrite=job.overwrite or None)
+
+    def _measure(self, out: PhotoResult, photo, protected, ensemble: list[str], settings: RunSettings) -> None:
+        """The protection report of ``out`` (its error, when it cannot be measured); stops when the run is cancelled."""
+        try:
+            if self.control.should_cancel():
+                raise ReportCancelled("the report was cancelled")
+            evaluator = self._get_evaluator(settings)  # says so while it loads the held-out models
+            self.measuring.emit(out.key)
+            report = evaluator.report(photo, protected, out.faces, ensemble)
+            from facecloak.core.report import render_heatmap, render_similarity_bars
+
+            out.report = report
+            out.report_images = {
+                "heatmap": np.asarray(render_heatmap(report).convert("RGB")),
+                "bars": np.asarray(render_similarity_bars(report).convert("RGB")),
+            }
+            if settings.save_report and out.output is not None:
+                from .report_image import save_report_files
+
+                save_report_files(report, out.report_images, out.output)
+        except ReportCancelled:
+            out.report_error = "not measured: the run was cancelled during the report"
+        except ImportError:
+            out.report_error = "report unavailable (this version has no protection report module)"
+        except Exception as err:
+            out.report_error = f"report unavailable: {_short(err)}"
 
     @Slot(object, object)
     def preview(self, job: PhotoJob, settings: RunSettings) -> None:
         """A fast low-step look at the change (not written anywhere)."""
-        from facecloak.core.attack import Cloak, CloakCancelled
+        from facecloak.core.attack import CloakCancelled
         from facecloak.core.image import tensor_to_uint8
 
         try:
@@ -358,7 +452,7 @@ class Worker(QObject):
                 self.previewFinished.emit(job.key, {"error": "no face to preview"})
                 return
             progress = self._start_photo(job.key, len(chosen))
-            result = Cloak(protector.models, config, lpips=protector.cloak.lpips)(
+            result = self._make_cloak(protector, config)(
                 photo.to(protector.device), chosen, progress, self.control.should_cancel
             )
             self.previewFinished.emit(job.key, tensor_to_uint8(result.photo.cpu()))
@@ -374,6 +468,8 @@ class Worker(QObject):
 
         summary: dict[str, list] = {"exported": [], "skipped": [], "failed": []}
         for item in items:
+            if self.control.closing:
+                break
             name = item.path.name
             if item.status != "protected" or (item.protected is None and item.output is None):
                 why = item.message or ("not protected yet" if item.status in ("queued", "detecting") else item.status)
