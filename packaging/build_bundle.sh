@@ -17,7 +17,7 @@ for tool in readelf gcc; do
   command -v "$tool" >/dev/null || { echo "$tool is needed (apt-get install binutils gcc)" >&2; exit 1; }
 done
 # icons are committed; re-render only when the SVG is newer than the PNGs
-if [ resources/icons/facecloak.svg -nt resources/icons/facecloak.png ]; then
+if [ src/facecloak/resources/icons/facecloak.svg -nt src/facecloak/resources/icons/facecloak.png ]; then
   QT_QPA_PLATFORM=offscreen "$PYTHON" packaging/render_icons.py >/dev/null
 fi
 
@@ -26,7 +26,7 @@ start=$(date +%s)
 end=$(date +%s)
 
 BUNDLE="$DIST/facecloak"
-cp resources/facecloak.desktop "$BUNDLE/"
-cp resources/icons/facecloak.svg "$BUNDLE/facecloak.svg"
+cp src/facecloak/resources/facecloak.desktop "$BUNDLE/"
+cp src/facecloak/resources/icons/facecloak.svg "$BUNDLE/facecloak.svg"
 echo "built $BUNDLE in $((end - start)) s; size $(du -sh "$BUNDLE" | cut -f1)"
 "$BUNDLE/facecloak" --help >/dev/null && echo "facecloak --help: ok"

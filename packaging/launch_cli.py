@@ -9,7 +9,7 @@ if getattr(sys, "frozen", False) and sys.argv[1:3] == ["-m", "pip"]:
     print("pip is not available inside the FaceCloak bundle", file=sys.stderr)
     sys.exit(1)
 
-from facecloak.core.cli import main
+from facecloak.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

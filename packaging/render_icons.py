@@ -1,6 +1,6 @@
-"""Render resources/icons/facecloak.svg to the PNG sizes desktops ask for (Qt's SVG renderer; no extra deps).
+"""Render the app icon (src/facecloak/resources/icons/facecloak.svg) to the PNG sizes desktops ask for.
 
-Usage: ``QT_QPA_PLATFORM=offscreen python packaging/render_icons.py`` (rewrites resources/icons/*.png).
+Usage: ``QT_QPA_PLATFORM=offscreen python packaging/render_icons.py`` (rewrites src/facecloak/resources/icons/*.png).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 SIZES = (16, 24, 32, 48, 64, 128, 256, 512)
-ICONS = Path(__file__).resolve().parents[1] / "resources" / "icons"
+ICONS = Path(__file__).resolve().parents[1] / "src" / "facecloak" / "resources" / "icons"
 
 
 def render(svg: Path = ICONS / "facecloak.svg", out_dir: Path = ICONS, sizes: tuple[int, ...] = SIZES) -> list[Path]:

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facecloak.cli import main
 from facecloak.core.batch import JOURNAL_NAME, BatchSettings, Worker, run_batch
-from facecloak.core.cli import main
 from facecloak.core.export import is_facecloak_output
 from facecloak.core.image import open_photo
 from facecloak.core.zoo.manifest import load_manifest
@@ -179,7 +179,7 @@ def test_privacy_no_network_connection_while_protecting(tmp_path, astronaut, mon
 def _run_cli(args: list[str], **kwargs) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "facecloak.core.cli", "protect", *args],
+        [sys.executable, "-m", "facecloak.cli", "protect", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -22,9 +22,9 @@ import torch
 from PIL import Image, ImageFile
 
 import facecloak
+from facecloak.cli import build_parser, main
 from facecloak.core import batch
 from facecloak.core.batch import JOURNAL_NAME, JOURNAL_VERSION, BatchSettings, Worker, report_path, run_batch
-from facecloak.core.cli import build_parser, main
 from facecloak.core.export import (
     ExportOptions,
     export_protected,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from facecloak.core.bench import add_bench_parsers
+from facecloak.bench.common import add_bench_parsers
 from facecloak.core.zoo.manifest import load_manifest, manifest_path
 from facecloak.core.zoo.registry import cache_status
 
@@ -114,7 +114,7 @@ def test_tune_benchmark_runs_on_tuning_judges(shared_data, capsys):
 
 
 def test_tune_sample_protects_every_photo_in_turn_when_asked(shared_data):
-    from facecloak.core.bench_tune import _tuning_faces
+    from facecloak.bench.tune import _tuning_faces
 
     one = _tuning_faces(shared_data / "lfw", 2, probes=2, seed=5, every_photo=False)
     every = _tuning_faces(shared_data / "lfw", 2, probes=2, seed=5, every_photo=True)
@@ -191,7 +191,7 @@ def test_lfw_thresholds_go_to_the_named_manifest_only(shared_data, tmp_path, cap
 
 
 def test_a_writer_replaces_only_its_own_section(tmp_path):
-    from facecloak.core.bench import update_markdown_section
+    from facecloak.bench.common import update_markdown_section
 
     page = tmp_path / "BENCHMARKS.md"
     page.write_text(PAGE)
@@ -202,7 +202,7 @@ def test_a_writer_replaces_only_its_own_section(tmp_path):
 
 
 def test_a_missing_section_is_created_at_the_end_of_its_group(tmp_path):
-    from facecloak.core.bench import update_markdown_section
+    from facecloak.bench.common import update_markdown_section
 
     page = tmp_path / "BENCHMARKS.md"
     page.write_text(PAGE)
@@ -228,7 +228,7 @@ def test_a_missing_section_is_created_at_the_end_of_its_group(tmp_path):
 
 
 def test_a_new_page_gets_a_title_and_the_group(tmp_path):
-    from facecloak.core.bench import update_markdown_section
+    from facecloak.bench.common import update_markdown_section
 
     page = tmp_path / "docs" / "BENCHMARKS.md"
     update_markdown_section(page, "speed", "### speed table")
@@ -240,7 +240,7 @@ def test_a_new_page_gets_a_title_and_the_group(tmp_path):
 def test_benchmarks_ending_together_keep_every_section(tmp_path):
     import threading
 
-    from facecloak.core.bench import update_markdown_section
+    from facecloak.bench.common import update_markdown_section
 
     doc = tmp_path / "BENCH.md"
 
@@ -258,7 +258,7 @@ def test_benchmarks_ending_together_keep_every_section(tmp_path):
 
 
 def test_model_speed_on_some_models_keeps_the_other_rows():
-    from facecloak.core import bench as module
+    from facecloak.bench import common as module
 
     full = [("dlib_resnet", "150x150", 31.0, 126.0), ("sface", "112x112", 53.0, 457.0)]
     previous = module.model_speed_table(full, 5)
@@ -287,7 +287,7 @@ def test_model_speed_writes_the_page_only_when_named(tmp_path, monkeypatch, caps
 
 
 def test_commands_on_the_page_name_no_machine_paths(tmp_path):
-    from facecloak.core.bench import _stored_command, portable_command
+    from facecloak.bench.common import _stored_command, portable_command
 
     root = tmp_path / "data"
     argv = [
@@ -306,7 +306,7 @@ def test_commands_on_the_page_name_no_machine_paths(tmp_path):
 
 
 def test_protection_headings_name_the_preset_and_the_photos():
-    from facecloak.core.bench_protect import protection_heading, protection_key
+    from facecloak.bench.protect import protection_heading, protection_key
 
     assert protection_heading("mid", {}, ["/d/lfw"], 50, False) == "### `mid` preset, LFW (50 identities)"
     overrides = {"dssim_budget": 0.025, "epsilon": 24 / 255}

@@ -48,7 +48,7 @@ def test_the_new_file_gets_ordinary_permissions_and_the_prefix_marks_the_tempora
 
 
 def test_detection_caches_saved_by_two_processes_keep_both_entries(tmp_path):
-    from facecloak.core.verification import DetectionCache
+    from facecloak.bench.verification import DetectionCache
 
     path = tmp_path / "central_faces.json"
     first, second = DetectionCache(path), DetectionCache(path)

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+RESOURCES = ROOT / "src" / "facecloak" / "resources"
 SOURCES = Path(os.environ.get("FACECLOAK_TEST_MODEL_SOURCES", Path.home() / ".cache" / "facecloak" / "downloads"))
 FAST_MODELS = ["sface", "openface"]  # the two quickest conversions
 
@@ -26,7 +27,7 @@ def test_icon_svg_and_every_png_size(qapp):
 
     from facecloak.app.first_run import ICON_SIZES, app_icon, icons_dir
 
-    assert icons_dir() == ROOT / "resources" / "icons"
+    assert icons_dir() == RESOURCES / "icons"
     assert QSvgRenderer(str(icons_dir() / "facecloak.svg")).isValid()
     for size in ICON_SIZES:
         with Image.open(icons_dir() / f"facecloak-{size}.png") as image:
@@ -39,7 +40,7 @@ def test_icon_svg_and_every_png_size(qapp):
 def test_desktop_file_is_valid():
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str  # keys are case-sensitive in desktop entries
-    parser.read(ROOT / "resources" / "facecloak.desktop", encoding="utf-8")
+    parser.read(RESOURCES / "facecloak.desktop", encoding="utf-8")
     entry = parser["Desktop Entry"]
     assert entry["Type"] == "Application"
     assert entry["Exec"].split()[0] == "facecloak-gui" and "%F" in entry["Exec"]
@@ -47,7 +48,7 @@ def test_desktop_file_is_valid():
     assert entry["Categories"].endswith(";")
     validator = shutil.which("desktop-file-validate")
     if validator:
-        result = subprocess.run([validator, str(ROOT / "resources" / "facecloak.desktop")], capture_output=True)
+        result = subprocess.run([validator, str(RESOURCES / "facecloak.desktop")], capture_output=True)
         assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -65,7 +65,7 @@ def test_fetch_puts_the_backbone_where_it_is_looked_for(torch_cache):
 
 
 def test_fetch_without_network_fails_with_one_line(torch_cache, monkeypatch, capsys):
-    from facecloak.core.cli import main
+    from facecloak.cli import main
 
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")

@@ -132,7 +132,7 @@ def test_reference_photos_of_the_same_person_are_compared(astronaut_photo, astro
 def test_report_command_on_files(report, astronaut, tmp_path, capsys):
     from PIL import Image
 
-    from facecloak.core.cli import main
+    from facecloak.cli import main
 
     need(EVALUATOR)
     original = tmp_path / "astro.png"
@@ -154,8 +154,8 @@ def test_report_command_on_files(report, astronaut, tmp_path, capsys):
 def test_album_photos_of_the_same_person_are_found_and_compared(
     astronaut_photo, astronaut_faces, shared_data, detector
 ):
+    from facecloak.bench.verification import central_face
     from facecloak.core.image import load_image
-    from facecloak.core.verification import central_face
 
     need(EVALUATOR)
     evaluator = ProtectionEvaluator([EVALUATOR], device="cpu")

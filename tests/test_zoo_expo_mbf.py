@@ -82,9 +82,9 @@ def test_parity_with_litert_on_the_aligned_astronaut(network, model_sources, ast
 
 
 def test_same_person_closer_than_different_people(network, shared_data, detector):
+    from facecloak.bench.verification import central_face
     from facecloak.core.align import FaceAligner
     from facecloak.core.image import load_image
-    from facecloak.core.verification import central_face
 
     aligner = FaceAligner(expo_mbf.ALIGNMENT)
     people = ["Aaron_Peirsol", "Abdoulaye_Wade", "Abdullah", "Adrien_Brody"]

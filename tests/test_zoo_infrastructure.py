@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from facecloak.bench.verification import cross_validated_accuracy, roc_auc, threshold_at_far
 from facecloak.core import device as device_mod
-from facecloak.core.verification import cross_validated_accuracy, roc_auc, threshold_at_far
 from facecloak.core.zoo import registry
 from facecloak.core.zoo.cache import save_weights
 from facecloak.core.zoo.manifest import (
@@ -151,7 +151,7 @@ def test_cache_status_missing_corrupt_stale_and_ready(tmp_path, monkeypatch):
 
 
 def test_models_command_lists_every_model_with_its_state(tmp_path, monkeypatch, capsys):
-    from facecloak.core.cli import main
+    from facecloak.cli import main
 
     monkeypatch.setenv("FACECLOAK_CACHE", str(tmp_path))
     assert main(["models", "--json"]) == 0

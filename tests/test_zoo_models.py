@@ -113,8 +113,8 @@ def test_parity_with_the_reference_runtime(name, model_sources, astronaut_photo,
 
 @pytest.mark.parametrize("name", list(MANIFEST))
 def test_same_person_closer_than_different_people(name, shared_data, detector):
+    from facecloak.bench.verification import central_face
     from facecloak.core.image import load_image
-    from facecloak.core.verification import central_face
 
     model = ready_model(name)
     people = ["Aaron_Peirsol", "Abdoulaye_Wade", "Abdullah", "Adrien_Brody"]

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .detect import Face, FaceDetector
-from .files import replace_atomically
-from .image import load_image
-from .zoo.cache import cache_root
-from .zoo.model import FaceModel
+from ..core.detect import Face, FaceDetector
+from ..core.files import replace_atomically
+from ..core.image import load_image
+from ..core.zoo.cache import cache_root
+from ..core.zoo.model import FaceModel
 
 Progress = Callable[[int, int], None]
 

@@ -25,8 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .attack import Cloak, face_crops, face_region_bounds, preset
-from .bench import (
+from ..core.attack import Cloak, face_crops, face_region_bounds, preset
+from ..core.detect import Face, FaceDetector
+from ..core.device import configure_cpu_threads
+from ..core.image import PHOTO_SUFFIXES, ImageLoadError, load_image
+from ..core.perceptual import NOT_MEASURED, LPIPSMeasure, lpips_available
+from ..core.quality import haarpsi, psnr, ssim
+from ..core.report import degraded_embeddings, wilson_interval
+from ..core.transforms import Transform
+from ..core.zoo.manifest import load_manifest
+from ..core.zoo.registry import load_model
+from .common import (
     DATA_ENV,
     BenchInputError,
     add_data_argument,
@@ -40,16 +49,7 @@ from .bench import (
     write_json,
     write_section,
 )
-from .detect import Face, FaceDetector
-from .device import configure_cpu_threads
-from .image import PHOTO_SUFFIXES, ImageLoadError, load_image
-from .perceptual import NOT_MEASURED, LPIPSMeasure, lpips_available
-from .quality import haarpsi, psnr, ssim
-from .report import degraded_embeddings, wilson_interval
-from .transforms import Transform
 from .verification import DetectionCache
-from .zoo.manifest import load_manifest
-from .zoo.registry import load_model
 
 
 def bench_transforms(long_side: int) -> list[tuple[str, Transform]]:
@@ -91,7 +91,7 @@ def split_identities(root: Path, count: int, probes: int, seed: int) -> list[Ide
 
 def resolve_roles(args: argparse.Namespace) -> tuple[list[str], list[str]] | None:
     """Ensemble and held-out evaluators (manifest defaults), checked disjoint and measured; None if unusable."""
-    from .protect import check_disjoint, default_ensemble, default_evaluators
+    from ..core.protect import check_disjoint, default_ensemble, default_evaluators
 
     ensemble_names = args.ensemble or default_ensemble()
     evaluator_names = args.evaluators or default_evaluators()
@@ -401,7 +401,7 @@ def save_crop(path: Path, clean: torch.Tensor, protected: torch.Tensor, face: Fa
     """Original | protected | difference amplified 10x, of the face at 100% (no resampling)."""
     from PIL import Image
 
-    from .image import tensor_to_uint8
+    from ..core.image import tensor_to_uint8
 
     y0, y1, x0, x1 = face_region_bounds(face, *clean.shape[-2:], margin=0.25)
     a = clean[..., y0:y1, x0:x1]

@@ -1,4 +1,4 @@
-"""``facecloak``: the command-line interface over :mod:`facecloak.core`."""
+"""``facecloak``: the command-line interface over the engine (:mod:`facecloak.core`) and the benchmarks."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ def _print_table(rows: list[list[str]], header: list[str]) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .zoo.manifest import load_manifest, load_roles
-    from .zoo.registry import build_all, cache_status
+    from .core.zoo.manifest import load_manifest, load_roles
+    from .core.zoo.registry import build_all, cache_status
 
     manifest = load_manifest()
     if args.fetch_lpips:
-        from .perceptual import fetch_alexnet
+        from .core.perceptual import fetch_alexnet
 
         try:
             print(f"LPIPS backbone: {fetch_alexnet()} (torchvision hash checked)")
@@ -90,8 +90,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from .detect import DetectorConfig, FaceDetector
-    from .image import ImageLoadError, display_path, load_error_message, load_image
+    from .core.detect import DetectorConfig, FaceDetector
+    from .core.image import ImageLoadError, display_path, load_error_message, load_image
 
     detector = FaceDetector(DetectorConfig(min_face_size=args.min_face_size))
     failed = 0
@@ -138,13 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     detect.set_defaults(func=cmd_detect)
 
-    from . import batch
+    from .core import batch
 
     protect = sub.add_parser("protect", help="write protected copies of photos (files and folders)")
     batch.add_protect_arguments(protect)
     protect.set_defaults(func=batch.run_protect)
 
-    from . import report_cli
+    from .core import report_cli
 
     report = sub.add_parser("report", help="protection report of a protected photo against clean ones")
     report_cli.add_arguments(report)

@@ -18,18 +18,18 @@ from pathlib import Path
 
 import torch
 
-from .attack import Cloak, face_crops, preset, with_overrides
-from .bench import DATA_ENV, BenchInputError, add_data_argument, data_folders, portable_path, reports_input_errors
-from .bench_protect import split_identities
-from .detect import Face, FaceDetector
-from .device import configure_cpu_threads
-from .image import load_image
-from .quality import haarpsi
-from .report import degraded_embeddings
-from .transforms import Transform
+from ..core.attack import Cloak, face_crops, preset, with_overrides
+from ..core.detect import Face, FaceDetector
+from ..core.device import configure_cpu_threads
+from ..core.image import load_image
+from ..core.quality import haarpsi
+from ..core.report import degraded_embeddings
+from ..core.transforms import Transform
+from ..core.zoo.manifest import load_manifest, load_roles
+from ..core.zoo.registry import load_model
+from .common import DATA_ENV, BenchInputError, add_data_argument, data_folders, portable_path, reports_input_errors
+from .protect import split_identities
 from .verification import DetectionCache
-from .zoo.manifest import load_manifest, load_roles
-from .zoo.registry import load_model
 
 TUNING_TRANSFORMS = (
     Transform(),

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .device import configure_cpu_threads
-from .files import replace_atomically
+from ..core.device import configure_cpu_threads
+from ..core.files import replace_atomically
 
 DATA_ENV = "FACECLOAK_DATA"
 DATA_VARIABLE = f"${DATA_ENV}"  # how commands on the results page name the data folder
@@ -259,8 +259,8 @@ def machine_line(threads: bool = True) -> str:
 
 
 def _ready_models(names: list[str] | None) -> list[str]:
-    from .zoo.manifest import load_manifest
-    from .zoo.registry import cache_status
+    from ..core.zoo.manifest import load_manifest
+    from ..core.zoo.registry import cache_status
 
     manifest = load_manifest()
     chosen = names or list(manifest)
@@ -298,10 +298,10 @@ def store_verification(path: Path, results: dict[str, dict], command: str) -> li
 
 @reports_input_errors
 def run_lfw_benchmark(args: argparse.Namespace) -> int:
-    from .detect import FaceDetector
+    from ..core.detect import FaceDetector
+    from ..core.zoo.manifest import load_manifest
+    from ..core.zoo.registry import load_model
     from .verification import build_pair_set, evaluate_model
-    from .zoo.manifest import load_manifest
-    from .zoo.registry import load_model
 
     root = data_root(args.data)
     lfw_dir, pairs_file = root / "lfw", root / "lfw_protocol" / "pairs.txt"
@@ -417,7 +417,7 @@ def model_speed_table(rows: list[tuple[str, str, float, float]], repeats: int, p
 
 
 def _zoo_order(names: list[str]) -> list[str]:
-    from .zoo.manifest import load_manifest
+    from ..core.zoo.manifest import load_manifest
 
     order = {name: i for i, name in enumerate(load_manifest())}
     return sorted(set(names), key=lambda n: (order.get(n, len(order)), n))
@@ -435,7 +435,7 @@ def _time_it(fn, repeats: int) -> float:
 
 @reports_input_errors
 def run_model_speed_benchmark(args: argparse.Namespace) -> int:
-    from .zoo.registry import load_model
+    from ..core.zoo.registry import load_model
 
     check_results_page(args.results)
     configure_cpu_threads()
@@ -486,9 +486,9 @@ def run_speed_benchmark(args: argparse.Namespace) -> int:
     """Seconds to protect the faces of one real photo per preset, detection included; peak memory."""
     import resource
 
-    from .attack import preset
-    from .image import load_image
-    from .protect import Protector
+    from ..core.attack import preset
+    from ..core.image import load_image
+    from ..core.protect import Protector
 
     if args.repeats < 1:
         raise BenchInputError("--repeats must be at least 1")
@@ -614,7 +614,7 @@ def _add_model_speed_arguments(models: argparse.ArgumentParser) -> None:
 
 def add_bench_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``facecloak bench`` and its subcommands on the command line's ``subparsers``."""
-    from . import bench_protect, bench_tune
+    from . import protect, tune
 
     bench = subparsers.add_parser(
         "bench", help="benchmarks: print numbers; --results PAGE updates that page's section (docs/BENCHMARKS.md)"
@@ -625,20 +625,20 @@ def add_bench_parsers(subparsers: argparse._SubParsersAction) -> None:
         (
             "protect",
             "protection on labelled photos, held-out evaluators",
-            bench_protect.add_arguments,
-            bench_protect.run_protect_benchmark,
+            protect.add_arguments,
+            protect.run_protect_benchmark,
         ),
         (
             "tune",
             "compare attack settings on tuning judges (never the evaluators)",
-            bench_tune.add_arguments,
-            bench_tune.run_tune_benchmark,
+            tune.add_arguments,
+            tune.run_tune_benchmark,
         ),
         (
             "album",
             "album warm starts: time and protection, cold vs warm",
-            bench_protect.add_album_arguments,
-            bench_protect.run_album_benchmark,
+            protect.add_album_arguments,
+            protect.run_album_benchmark,
         ),
         ("speed", "seconds to protect one real photo per preset", _add_speed_arguments, run_speed_benchmark),
         (
