@@ -1,4 +1,4 @@
-"""App pieces without a window: settings, pause/cancel/close control, run summaries, numbered copies, diff view."""
+"""App pieces without a window: settings, pause/cancel/close control, run summaries, outcomes, diff view."""
 
 from __future__ import annotations
 
@@ -9,13 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from facecloak.app.model import RunSettings
-from facecloak.app.output import save_protected_new_name
+from facecloak.app.output import export_options
 from facecloak.app.preview import amplified_difference
 from facecloak.app.window import existing_outputs_text, format_eta, run_summary_text
-from facecloak.app.worker import REPORT_CHUNK, CancellableModel, PhotoResult, ReportCancelled, RunControl
+from facecloak.app.worker import (
+    REPORT_CHUNK,
+    CancellableModel,
+    PhotoJob,
+    PhotoResult,
+    ReportCancelled,
+    RunControl,
+    cloak_config,
+)
+from facecloak.core.attack import preset
+from facecloak.core.protect import PhotoOutcome, Status
 
 
 def test_settings_refuse_outputs_that_would_replace_originals():
@@ -100,10 +109,35 @@ def test_report_models_stop_between_chunks_once_cancelled():
     assert len(calls) == 4  # no forward pass once cancelled
 
 
-def test_photo_results_that_could_not_be_written_are_not_counted_protected():
-    assert PhotoResult("k", "protected", saved=True).count_as == "protected"
-    assert PhotoResult("k", "protected", saved=False).count_as == "not saved"
-    assert PhotoResult("k", "no face").count_as == "no face"
+def test_photo_results_that_could_not_be_written_are_not_counted_protected(tmp_path):
+    pixels = np.zeros((4, 4, 3), np.uint8)
+    written = PhotoResult(PhotoOutcome(tmp_path / "a.jpg", Status.PROTECTED, tmp_path / "a_cloaked.jpg"), pixels)
+    assert (written.status, written.saved, written.count_as) == ("protected", True, "protected")
+    assert written.output == tmp_path / "a_cloaked.jpg" and written.message == ""
+    taken = PhotoOutcome(tmp_path / "b.jpg", Status.SKIPPED, tmp_path / "b_cloaked.jpg", message="b_cloaked.jpg exists")
+    unsaved = PhotoResult(taken, pixels)  # the attack ran, the write found the name taken: the pixels stay
+    assert (unsaved.status, unsaved.saved, unsaved.count_as) == ("protected", False, "not saved")
+    assert unsaved.output is None  # someone else's file is not our copy
+    assert unsaved.message == "protected, but not saved: b_cloaked.jpg exists"
+    assert PhotoResult(PhotoOutcome(tmp_path / "c.jpg", Status.NO_FACE)).count_as == "no face"
+    failed = PhotoResult(PhotoOutcome(tmp_path / "d.jpg", Status.ERROR, message="d.jpg: damaged"))
+    assert (failed.status, failed.count_as, failed.message) == ("error", "error", "d.jpg: damaged")
+
+
+def test_a_job_protects_the_enabled_faces_or_all_found_when_none_were_detected_yet():
+    assert PhotoJob("k", Path("a.jpg"), ["f1", "f2", "f3"], [True, False, True]).chosen() == ["f1", "f3"]
+    assert PhotoJob("k", Path("a.jpg"), ["f1", "f2"], [False, False]).chosen() == []  # none selected
+    assert PhotoJob("k", Path("a.jpg"), ["f1"]).chosen() == ["f1"]
+    assert PhotoJob("k", Path("a.jpg")).chosen() is None  # not detected yet: the pipeline finds them
+
+
+def test_the_app_builds_its_attack_config_with_the_shared_builder():
+    settings = RunSettings(preset="high", steps=3, dssim_budget=0.002, jpeg=False)
+    config = cloak_config(settings)
+    high = preset("high")
+    assert (config.steps, config.dssim_budget, config.epsilon) == (3, 0.002, high.epsilon)
+    assert config.robustness.blur and not config.robustness.jpeg and config.robustness.resize
+    assert cloak_config(RunSettings(preset="low")) == preset("low")  # nothing overridden: the preset itself
 
 
 def test_run_summary_counts_every_photo_as_what_happened_to_it():
@@ -120,56 +154,9 @@ def test_the_existing_copies_question_names_them_and_the_numbered_name(tmp_path)
     assert "p0_cloaked (2).jpg" in text
 
 
-def _photo(folder: Path, name: str) -> Path:
-    path = folder / name
-    Image.fromarray(np.full((12, 16, 3), 90, np.uint8)).save(path)
-    return path
-
-
-def test_keep_both_takes_the_first_free_numbered_name_and_never_overwrites(tmp_path):
-    from facecloak.core.image import uint8_to_tensor
-
-    source = _photo(tmp_path, "x.png")
-    original = source.read_bytes()
-    out = tmp_path / "out"
-    out.mkdir()
-    pixels = uint8_to_tensor(np.full((12, 16, 3), 200, np.uint8))
-    settings = RunSettings(output_dir=str(out))
-    first = save_protected_new_name(source, pixels, out, settings)
-    assert first == out / "x_cloaked.png"  # the usual name while it is free
-    (out / "x_cloaked (2).png").write_bytes(b"someone else's")
-    third = save_protected_new_name(source, pixels, out, settings)
-    assert third == out / "x_cloaked (3).png"
-    assert (out / "x_cloaked (2).png").read_bytes() == b"someone else's"
-    assert np.asarray(Image.open(third))[0, 0].tolist() == [200, 200, 200]
-    same_name = RunSettings(output_dir=str(out), naming="same")
-    assert save_protected_new_name(source, pixels, out, same_name) == out / "x.png"
-    assert save_protected_new_name(source, pixels, out, same_name) == out / "x (2).png"
-    assert sorted(p.name for p in out.iterdir()) == [
-        "x (2).png", "x.png", "x_cloaked (2).png", "x_cloaked (3).png", "x_cloaked.png",
-    ]  # fmt: skip
-    assert source.read_bytes() == original and not list(out.glob(".*"))  # original untouched, no temp file left
-
-
-def test_a_name_taken_between_the_check_and_the_write_is_never_overwritten(tmp_path, monkeypatch):
-    from facecloak.app import output
-    from facecloak.core.image import uint8_to_tensor
-
-    source = _photo(tmp_path, "y.png")
-    out = tmp_path / "out"
-    out.mkdir()
-    real_export = output.export_protected
-    raced: list[Path] = []
-
-    def export_after_another_writer(src, protected, out_dir, options, photo=None):
-        target = output.export_target(src, out_dir, options)
-        if not raced:  # another program takes the name just before our write
-            target.write_bytes(b"the other program's file")
-            raced.append(target)
-        return real_export(src, protected, out_dir, options, photo=photo)
-
-    monkeypatch.setattr(output, "export_protected", export_after_another_writer)
-    written = save_protected_new_name(source, uint8_to_tensor(np.zeros((12, 16, 3), np.uint8)), out, RunSettings())
-    assert raced == [out / "y_cloaked.png"] and raced[0].read_bytes() == b"the other program's file"
-    assert written == out / "y_cloaked (2).png"
-    assert not [p for p in out.iterdir() if p.name.endswith(".part")]
+def test_export_options_follow_the_naming_and_metadata_settings(tmp_path):
+    same = export_options(RunSettings(naming="same", output_dir=str(tmp_path), strip_metadata=False))
+    assert same.same_name and same.suffix == "" and same.keep_metadata
+    suffixed = export_options(RunSettings(suffix="_safe", overwrite=True), overwrite=False)
+    assert suffixed.suffix == "_safe" and not suffixed.same_name and not suffixed.overwrite
+    assert export_options(RunSettings(overwrite=True)).overwrite

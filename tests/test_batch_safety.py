@@ -47,7 +47,7 @@ class FakeDetector:
 
 
 class FakeProtector(Protector):
-    """The real ``protect_path`` (checks, export, outcomes) around a cloak that changes nothing."""
+    """The real pipeline (``protect_file``: checks, export, outcomes) around a cloak that changes nothing."""
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
@@ -56,12 +56,12 @@ class FakeProtector(Protector):
         self.cloak = SimpleNamespace(perceptual_terms="none")
         self.protected: list[Path] = []
 
-    def protect_tensor(self, photo, faces=None, progress=None, should_cancel=None):
+    def protect_tensor(self, photo, faces=None, progress=None, should_cancel=None, config=None):
         return SimpleNamespace(photo=photo.clone(), face_dssim=[0.001] * len(faces or []))
 
-    def protect_path(self, source, out_dir, options, progress=None, should_cancel=None):
+    def protect_file(self, source, target, options, *args, **kwargs):
         self.protected.append(Path(source))
-        return super().protect_path(source, out_dir, options, progress, should_cancel)
+        return super().protect_file(source, target, options, *args, **kwargs)
 
 
 class FakeEvaluator:

@@ -15,11 +15,8 @@ PROTECTING = "protecting"
 PROTECTED = "protected"
 NO_FACE = "no face"
 ERROR = "error"
-STATUSES = (QUEUED, DETECTING, PROTECTING, PROTECTED, NO_FACE, ERROR)
 
 PRESET_NAMES = ("low", "mid", "high")
-FORMATS = ("same", "jpeg", "png")
-NAMINGS = ("suffix", "same")
 PREVIEW_STEPS = 4  # the fast look preview: enough steps to see the texture of the change, seconds not minutes
 
 

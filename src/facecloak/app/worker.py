@@ -5,6 +5,11 @@ one after another in the worker's thread) and hears back through signals carryin
 Pause and Cancel do not go through the event loop (it is busy running the request): they set a
 thread-safe :class:`RunControl` that the cloak polls once per optimisation step and the report once per forward
 pass of a held-out model (:class:`CancellableModel`), so a run stops within about a second at any stage.
+
+Every photo goes through the same pipeline as ``facecloak protect``: :meth:`Protector.protect_file
+<facecloak.core.protect.Protector.protect_file>`, then :func:`~facecloak.core.protect.measure` for the report. The
+worker keeps one :class:`~facecloak.core.protect.Protector` (models, face detector, album memory) for as long as the
+app runs, and builds a new one only when the ensemble or the device changes, so warm starts carry across runs.
 """
 
 from __future__ import annotations
@@ -15,13 +20,17 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PySide6.QtCore import QObject, Signal, Slot
 
-from .model import PREVIEW_STEPS, RunSettings
-from .output import copy_atomic, save_protected, save_protected_new_name, target_path
+from .model import PREVIEW_STEPS, PROTECTED, RunSettings
+from .output import copy_atomic, export_options
+
+if TYPE_CHECKING:
+    from facecloak.core.attack import CloakConfig
+    from facecloak.core.protect import PhotoOutcome, Protector
 
 THUMB_SIDE = 160
 REPORT_CHUNK = 8  # crops per forward pass of a held-out model in the report: about 0.5 s each on one CPU core
@@ -129,26 +138,61 @@ class PhotoJob:
     overwrite: bool = False  # replace the file at the output's name (our earlier copy, or the user said so)
     keep_both: bool = False  # the output's name is taken: write under a numbered name beside it
 
+    def chosen(self) -> list[Any] | None:
+        """The detected faces to protect; None when no face was detected (yet): the pipeline looks for them."""
+        if not self.faces:
+            return None
+        enabled = self.enabled if self.enabled is not None else [True] * len(self.faces)
+        return [face for face, on in zip(self.faces, enabled, strict=False) if on]
+
 
 @dataclass
 class PhotoResult:
-    key: str
-    status: str  # "protected", "no face", "error"
-    protected: np.ndarray | None = None  # H,W,3 uint8
-    output: Path | None = None
-    message: str = ""
-    faces: list[Any] = field(default_factory=list)
-    face_dssim: tuple[float, ...] = ()
-    seconds: float = 0.0
-    report: Any = None
+    """A finished photo as the window reads it: the pipeline's outcome, its pixels and the report's pictures.
+
+    One word differs from the outcome's: a photo whose attack ran but whose copy could not be written is
+    "protected" and not ``saved`` (its pixels stay in memory for *Export protected*); it counts as not saved.
+    """
+
+    outcome: PhotoOutcome
+    protected: np.ndarray | None = None  # H,W,3 uint8, whenever the attack ran
     report_images: dict[str, np.ndarray] = field(default_factory=dict)
     report_error: str = ""
-    saved: bool = False
+
+    @property
+    def saved(self) -> bool:
+        return self.outcome.status == PROTECTED
+
+    @property
+    def status(self) -> str:
+        return PROTECTED if self.protected is not None else self.outcome.status
+
+    @property
+    def output(self) -> Path | None:
+        return self.outcome.output if self.saved else None
+
+    @property
+    def message(self) -> str:
+        if self.protected is not None and not self.saved:
+            return f"protected, but not saved: {self.outcome.message}"
+        return self.outcome.message
+
+    @property
+    def seconds(self) -> float:
+        return self.outcome.seconds
+
+    @property
+    def face_dssim(self) -> tuple[float, ...]:
+        return self.outcome.face_dssim
+
+    @property
+    def report(self) -> Any:
+        return self.outcome.report
 
     @property
     def count_as(self) -> str:
         """How the run's summary counts this photo: a protected photo that could not be written is not protected."""
-        return NOT_SAVED if self.status == "protected" and not self.saved else self.status
+        return NOT_SAVED if self.status == PROTECTED and not self.saved else self.status
 
 
 @dataclass
@@ -170,6 +214,14 @@ def already_protected_message(path: Path) -> str:
 def _short(err: BaseException) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return text[:300]
+
+
+def cloak_config(settings: RunSettings) -> CloakConfig:
+    """The attack's configuration for these settings (built by the one builder the command line uses too)."""
+    from facecloak.core.protect import build_config
+
+    robustness = {"blur": settings.blur, "jpeg": settings.jpeg, "resize": settings.resize}
+    return build_config(settings.preset, settings.steps, settings.dssim_budget, robustness)
 
 
 class Worker(QObject):
@@ -210,10 +262,11 @@ class Worker(QObject):
 
     # -- loading -------------------------------------------------------------------------------
     def _get_detector(self):
+        """The one face detector: it finds faces as photos are added, and the protector finds them with it too."""
         if self._detector is None:
-            from facecloak.core.detect import DetectorConfig, FaceDetector
+            from facecloak.core.detect import FaceDetector
 
-            self._detector = FaceDetector(DetectorConfig(device="cpu"))
+            self._detector = FaceDetector()
         return self._detector
 
     def _cached(self, kind: str, key: tuple, message: str, build):
@@ -224,28 +277,20 @@ class Worker(QObject):
             self._engines[kind] = (key, build())
         return self._engines[kind][1]
 
-    def _start_photo(self, key: str, faces: int):
-        """Announce a photo and return the cloak's progress callback (seconds per step feed the ETA)."""
-        self.photoStarted.emit(key, faces)
-        last = [time.perf_counter()]
-
-        def progress(step: int, total: int, _loss: float) -> None:
-            now = time.perf_counter()
-            self.stepProgress.emit(key, step, total, now - last[0])
-            last[0] = now
-
-        return progress
-
-    def _get_protector(self, settings: RunSettings):
-        from facecloak.core.attack import preset
+    def _get_protector(self, settings: RunSettings) -> Protector:
+        """The app's protector, set to these settings' attack; its models load again only for another ensemble or
+        device, and its album memory lives as long as it does."""
         from facecloak.core.protect import Protector
 
-        return self._cached(
+        config = cloak_config(settings)
+        protector = self._cached(
             "protector",
             (tuple(settings.ensemble), settings.device),
             "Loading face-recognition models…",
-            lambda: Protector(preset("low"), ensemble=list(settings.ensemble) or None, device=settings.device),
+            lambda: Protector(config, list(settings.ensemble) or None, settings.device, self._get_detector()),
         )
+        protector.configure(config)
+        return protector
 
     def _get_evaluator(self, settings: RunSettings):
         from facecloak.core.report import ProtectionEvaluator
@@ -261,30 +306,6 @@ class Worker(QObject):
             "Loading the held-out models for the report…",
             build,
         )
-
-    @staticmethod
-    def _make_cloak(protector, config):
-        """The attack for this run, sharing the protector's loaded models."""
-        from facecloak.core.attack import Cloak
-
-        return Cloak(protector.models, config, lpips=protector.cloak.lpips)
-
-    @staticmethod
-    def cloak_config(settings: RunSettings, steps: int | None = None):
-        from facecloak.core.attack import preset
-        from facecloak.core.transforms import RobustnessConfig
-
-        overrides: dict[str, Any] = {
-            "robustness": RobustnessConfig(blur=settings.blur, jpeg=settings.jpeg, resize=settings.resize)
-        }
-        if settings.steps is not None:
-            overrides["steps"] = settings.steps
-        if settings.dssim_budget is not None:
-            overrides["dssim_budget"] = settings.dssim_budget
-        config = preset(settings.preset, **overrides)
-        if steps is not None:
-            config = replace(config, steps=min(steps, config.steps))
-        return config
 
     # -- requests ------------------------------------------------------------------------------
     @Slot()
@@ -329,19 +350,11 @@ class Worker(QObject):
             except Exception as err:
                 self.detected.emit(key, {"error": f"{Path(path).name}: {_short(err)}"})
 
-    def _load(self, job: PhotoJob):
-        from facecloak.core.image import load_image
-
-        photo = load_image(job.path)
-        faces = job.faces
-        if faces is None:
-            faces = self._get_detector().detect(photo)
-        enabled = job.enabled if job.enabled is not None else [True] * len(faces)
-        chosen = [f for f, on in zip(faces, enabled, strict=False) if on]
-        return photo, faces, chosen
-
     @Slot(object, object)
     def protect(self, jobs: list[PhotoJob], settings: RunSettings) -> None:
+        from facecloak.core.attack import CloakCancelled
+        from facecloak.core.protect import PhotoOutcome, Status
+
         counts: dict[str, int] = {}
         cancelled = False
         if self.control.cancelled:  # cancelled (or the window closed) before the run reached this thread
@@ -349,10 +362,6 @@ class Worker(QObject):
             return
         try:
             protector = self._get_protector(settings)
-            from facecloak.core.attack import CloakCancelled
-
-            config = self.cloak_config(settings)
-            cloak = self._make_cloak(protector, config)
         except Exception as err:
             self.failed.emit(f"Cannot start protecting: {_short(err)}")
             self.runFinished.emit({"cancelled": False, "counts": counts, "error": _short(err)})
@@ -362,99 +371,92 @@ class Worker(QObject):
                 cancelled = True
                 break
             try:
-                result = self._protect_one(job, settings, protector, cloak, config.steps)
+                result = self._protect_one(job, settings, protector)
             except CloakCancelled:
                 cancelled = True
                 break
             except Exception as err:  # one bad photo must not stop the album
                 traceback.print_exc()
-                result = PhotoResult(job.key, "error", message=f"{job.path.name}: {_short(err)}")
+                result = PhotoResult(PhotoOutcome(job.path, Status.ERROR, message=f"{job.path.name}: {_short(err)}"))
             counts[result.count_as] = counts.get(result.count_as, 0) + 1
             self.photoFinished.emit(job.key, result)
         self.runFinished.emit({"cancelled": cancelled, "counts": counts})
 
-    def _protect_one(self, job: PhotoJob, settings: RunSettings, protector, cloak, steps: int) -> PhotoResult:
-        from facecloak.core.image import ImageLoadError, tensor_to_uint8
+    def _protect_one(self, job: PhotoJob, settings: RunSettings, protector: Protector) -> PhotoResult:
+        """The pipeline for one photo: its copy written as soon as it is done (a failed write keeps the pixels,
+        so the user can export them elsewhere), then its report."""
+        from facecloak.core.export import export_target
+        from facecloak.core.image import tensor_to_uint8
 
-        start = time.perf_counter()
-        try:
-            photo, _faces, chosen = self._load(job)
-        except ImageLoadError as err:
-            return PhotoResult(job.key, "error", message=str(err))
-        if not chosen:
-            return PhotoResult(job.key, "no face", message="no face found" if not _faces else "no face selected")
-        progress = self._start_photo(job.key, len(chosen))
-        result = cloak(photo.to(protector.device), chosen, progress, self.control.should_cancel)
-        protected = result.photo.cpu()
-        pixels = tensor_to_uint8(protected)
-        out = PhotoResult(
-            job.key,
-            "protected",
-            pixels,
-            faces=chosen,
-            face_dssim=tuple(result.face_dssim),
+        options = export_options(settings, overwrite=job.overwrite or None)
+        target = export_target(job.path, settings.output_folder(job.path), options)
+        signals = _AttackSignals(self, job.key)
+        outcome = protector.protect_file(
+            job.path,
+            target,
+            options,
+            faces=job.chosen(),
+            progress=signals.step,
+            should_cancel=self.control.should_cancel,
+            started=signals.started,
+            numbered=job.keep_both,
         )
-        # Written as soon as it is done; a failed write keeps the pixels so the user can export them elsewhere.
-        try:
-            out.output = self._save(job, protected, settings)
-            out.saved = True
-        except Exception as err:
-            out.message = f"protected, but not saved: {_short(err)}"
+        if outcome.protected is None:
+            return PhotoResult(outcome)
+        result = PhotoResult(outcome, tensor_to_uint8(outcome.protected))
         if settings.measure:
-            self._measure(out, photo, protected, list(protector.ensemble_names), settings)
-        out.seconds = time.perf_counter() - start
-        return out
+            self._measure(job.key, result, protector, settings)
+        outcome.clean = outcome.protected = None  # the window keeps the 8-bit pixels only
+        return result
 
-    @staticmethod
-    def _save(job: PhotoJob, protected, settings: RunSettings) -> Path:
-        folder = settings.output_folder(job.path)
-        if job.keep_both:
-            return save_protected_new_name(job.path, protected, folder, settings)
-        return save_protected(job.path, protected, folder, settings, overwrite=job.overwrite or None)
+    def _measure(self, key: str, result: PhotoResult, protector: Protector, settings: RunSettings) -> None:
+        """The report of a protected photo, measured on its pixels in memory (its error, when it cannot be
+        measured); stops when the run is cancelled."""
+        from facecloak.core.attack import CloakCancelled
+        from facecloak.core.protect import measure
 
-    def _measure(self, out: PhotoResult, photo, protected, ensemble: list[str], settings: RunSettings) -> None:
-        """The protection report of ``out`` (its error, when it cannot be measured); stops when the run is cancelled."""
         try:
             if self.control.should_cancel():
                 raise ReportCancelled("the report was cancelled")
             evaluator = self._get_evaluator(settings)  # says so while it loads the held-out models
-            self.measuring.emit(out.key)
-            report = evaluator.report(photo, protected, out.faces, ensemble)
+            self.measuring.emit(key)
+            report = measure(evaluator, result.outcome, protector.ensemble_names, on_written=False)
             from facecloak.core.report import render_heatmap, render_similarity_bars
 
-            out.report = report
-            out.report_images = {
+            result.outcome.report = report
+            result.report_images = {
                 "heatmap": np.asarray(render_heatmap(report).convert("RGB")),
                 "bars": np.asarray(render_similarity_bars(report).convert("RGB")),
             }
-            if settings.save_report and out.output is not None:
+            if settings.save_report and result.saved:
                 from .report_image import save_report_files
 
-                save_report_files(report, out.report_images, out.output)
-        except ReportCancelled:
-            out.report_error = "not measured: the run was cancelled during the report"
-        except ImportError:
-            out.report_error = "report unavailable (this version has no protection report module)"
+                save_report_files(report, result.report_images, result.outcome.output)
+        except (ReportCancelled, CloakCancelled):
+            result.report_error = "not measured: the run was cancelled during the report"
         except Exception as err:
-            out.report_error = f"report unavailable: {_short(err)}"
+            result.report_error = f"report unavailable: {_short(err)}"
 
     @Slot(object, object)
     def preview(self, job: PhotoJob, settings: RunSettings) -> None:
-        """A fast low-step look at the change (not written anywhere)."""
+        """A fast low-step look at the change (not written anywhere, and not remembered by the album memory)."""
         from facecloak.core.attack import CloakCancelled
-        from facecloak.core.image import tensor_to_uint8
+        from facecloak.core.image import load_image, tensor_to_uint8
 
         try:
             protector = self._get_protector(settings)
-            config = self.cloak_config(settings, steps=PREVIEW_STEPS)
-            photo, _faces, chosen = self._load(job)
-            if not chosen:
+            config = cloak_config(settings)
+            config = replace(config, steps=min(PREVIEW_STEPS, config.steps))
+            photo = load_image(job.path)
+            faces = job.chosen()
+            if faces is None:
+                faces = protector.detector.detect(photo)
+            if not faces:
                 self.previewFinished.emit(job.key, {"error": "no face to preview"})
                 return
-            progress = self._start_photo(job.key, len(chosen))
-            result = self._make_cloak(protector, config)(
-                photo.to(protector.device), chosen, progress, self.control.should_cancel
-            )
+            signals = _AttackSignals(self, job.key)
+            signals.started(len(faces))
+            result = protector.protect_tensor(photo, faces, signals.step, self.control.should_cancel, config=config)
             self.previewFinished.emit(job.key, tensor_to_uint8(result.photo.cpu()))
         except CloakCancelled:
             self.previewFinished.emit(job.key, {"error": "preview cancelled"})
@@ -464,33 +466,57 @@ class Worker(QObject):
     @Slot(object, object, object)
     def export(self, items: list[ExportItem], folder: Path, settings: RunSettings) -> None:
         """Write every protected photo of the album into ``folder``; never over an original."""
-        from facecloak.core.image import uint8_to_tensor
-
         summary: dict[str, list] = {"exported": [], "skipped": [], "failed": []}
         for item in items:
             if self.control.closing:
                 break
             name = item.path.name
-            if item.status != "protected" or (item.protected is None and item.output is None):
+            if item.status != PROTECTED or (item.protected is None and item.output is None):
                 why = item.message or ("not protected yet" if item.status in ("queued", "detecting") else item.status)
                 summary["skipped"].append((name, why))
                 continue
             try:
-                target = target_path(item.path, folder, settings)
-                if target.resolve() == item.path.resolve():
-                    summary["failed"].append((name, "would replace the original; choose another folder"))
-                elif item.output is not None and target.resolve() == item.output.resolve() and target.exists():
-                    summary["exported"].append((name, str(target)))  # already written there during the run
-                elif item.protected is not None:
-                    written = save_protected(item.path, uint8_to_tensor(item.protected), folder, settings)
-                    summary["exported"].append((name, str(written)))
-                elif item.output is not None and item.output.exists():
-                    copy_atomic(item.output, target, overwrite=settings.overwrite)
-                    summary["exported"].append((name, str(target)))
-                else:
-                    summary["failed"].append((name, "the protected copy is no longer available; protect it again"))
+                kind, detail = _export_one(item, folder, settings)
             except FileExistsError as err:
-                summary["skipped"].append((name, _short(err)))
+                kind, detail = "skipped", _short(err)
             except Exception as err:
-                summary["failed"].append((name, _short(err)))
+                kind, detail = "failed", _short(err)
+            summary[kind].append((name, detail))
         self.exportFinished.emit(summary)
+
+
+class _AttackSignals:
+    """One photo's attack as signals: ``photoStarted`` as it starts, then ``stepProgress`` with each step's seconds
+    (they feed the window's ETA)."""
+
+    def __init__(self, worker: Worker, key: str) -> None:
+        self.worker, self.key = worker, key
+        self.last = time.perf_counter()
+
+    def started(self, faces: int) -> None:
+        self.worker.photoStarted.emit(self.key, faces)
+        self.last = time.perf_counter()
+
+    def step(self, step: int, total: int, _loss: float) -> None:
+        now = time.perf_counter()
+        self.worker.stepProgress.emit(self.key, step, total, now - self.last)
+        self.last = now
+
+
+def _export_one(item: ExportItem, folder: Path, settings: RunSettings) -> tuple[str, str]:
+    """Export one protected photo into ``folder``: ``("exported", where)`` or ``("failed", why)``."""
+    from facecloak.core.export import export_target, same_file, write_protected
+    from facecloak.core.image import open_photo, uint8_to_tensor
+
+    options = export_options(settings)
+    target = export_target(item.path, folder, options)
+    if same_file(item.path, target):
+        return "failed", "would replace the original; choose another folder"
+    if item.output is not None and target.exists() and same_file(item.output, target):
+        return "exported", str(target)  # already written there during the run
+    if item.protected is not None:
+        return "exported", str(write_protected(open_photo(item.path), uint8_to_tensor(item.protected), target, options))
+    if item.output is not None and item.output.exists():
+        copy_atomic(item.output, target, overwrite=settings.overwrite)
+        return "exported", str(target)
+    return "failed", "the protected copy is no longer available; protect it again"

@@ -18,14 +18,15 @@ from pathlib import Path
 
 import torch
 
-from ..core.attack import Cloak, face_crops, preset, with_overrides
+from ..core.attack import Cloak, face_crops
 from ..core.detect import Face, FaceDetector
 from ..core.device import configure_cpu_threads
 from ..core.image import load_image
+from ..core.protect import build_config
 from ..core.quality import haarpsi
 from ..core.report import degraded_embeddings
 from ..core.transforms import Transform
-from ..core.zoo.manifest import load_manifest, load_roles
+from ..core.zoo.manifest import Roles, load_manifest
 from ..core.zoo.registry import load_model
 from .common import DATA_ENV, BenchInputError, add_data_argument, data_folders, portable_path, reports_input_errors
 from .protect import split_identities
@@ -41,8 +42,8 @@ TUNING_TRANSFORMS = (
 
 
 def default_judges() -> list[str]:
-    roles = load_roles()
-    return [roles["ensemble"][-1], *roles.get("tuning", [])]
+    roles = Roles.load()
+    return [roles.ensemble[-1], *roles.tuning]
 
 
 @dataclass
@@ -71,10 +72,10 @@ def _tuning_faces(root: Path, identities: int, probes: int, seed: int, every_pho
 @reports_input_errors
 def run_tune_benchmark(args: argparse.Namespace) -> int:
     configure_cpu_threads()
-    roles = load_roles()
-    ensemble_names = args.ensemble or roles["ensemble"][:-1]
+    roles = Roles.load()
+    ensemble_names = args.ensemble or list(roles.ensemble[:-1])
     judge_names = args.judges or default_judges()
-    forbidden = (set(ensemble_names) | set(judge_names)) & set(roles["evaluators"])
+    forbidden = (set(ensemble_names) | set(judge_names)) & set(roles.evaluators)
     if forbidden:
         print(f"refusing to tune on the reporting evaluators: {', '.join(sorted(forbidden))}")
         return 2
@@ -82,7 +83,7 @@ def run_tune_benchmark(args: argparse.Namespace) -> int:
     configs = {}
     for name, overrides in variants.items():
         try:  # every variant checked before the first minute of work
-            configs[name] = with_overrides(preset(args.preset), overrides)
+            configs[name] = build_config(args.preset, knobs=overrides)
         except ValueError as err:
             print(f"variant {name}: {err}")
             return 2

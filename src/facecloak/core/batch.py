@@ -23,21 +23,19 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from .attack import CloakConfig, parse_assignments
 from .export import ExportOptions, export_target, facecloak_marker, remove_stale_temp_files
 from .files import replace_atomically
-from .image import display_name, display_path
-
-if TYPE_CHECKING:
-    from .attack import CloakConfig
-    from .protect import FoundPhoto
+from .image import ImageLoadError, display_name, display_path
+from .protect import FoundPhoto, PhotoOutcome, Protector, Status, build_config, find_photos, measure
+from .zoo.manifest import Roles
 
 JOURNAL_NAME = ".facecloak-journal.json"
 JOURNAL_VERSION = 2  # 2: the report is a step of its own; outputs are named relative to the output folder
-FINISHED = ("protected", "no face")  # statuses a resumed run does not redo
+FINISHED = (Status.PROTECTED, Status.NO_FACE)  # statuses a resumed run does not redo
 # Outcomes that leave nothing to do: any other photo given makes the exit code 1.
-SETTLED = ("protected", "no face", "done earlier", "facecloak output")
+SETTLED = (Status.PROTECTED, Status.NO_FACE, Status.DONE_EARLIER, Status.FACECLOAK_OUTPUT)
 
 
 def add_protect_arguments(protect: argparse.ArgumentParser) -> None:
@@ -163,10 +161,7 @@ class BatchSettings:
 
     def cloak_config(self) -> CloakConfig:
         """The preset, then ``steps``, then the expert knobs; ValueError names a bad knob."""
-        from .attack import parse_assignments, preset, with_overrides
-
-        config = preset(self.preset, **({"steps": self.steps} if self.steps is not None else {}))
-        return with_overrides(config, parse_assignments(self.knobs))
+        return build_config(self.preset, steps=self.steps, knobs=parse_assignments(self.knobs))
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -218,7 +213,7 @@ class Journal:
         entry = self.entries.get(self.key(source))
         if not entry or entry.get("status") not in FINISHED:
             return False
-        if entry["status"] == "no face":
+        if entry["status"] == Status.NO_FACE:
             return True
         try:
             return target.stat().st_size == entry.get("size")
@@ -232,15 +227,15 @@ class Journal:
 
     def adopt(self, source: Path, target: Path) -> None:
         """A copy written whole (atomic rename) by a run killed before its journal line: it is finished."""
-        self.entries[self.key(source)] = {"status": "protected", **self._output(target), "report": None}
+        self.entries[self.key(source)] = {"status": Status.PROTECTED.value, **self._output(target), "report": None}
 
-    def record(self, source: Path, status: str, output: Path | None, report: Path | None = None) -> None:
-        entry = {"status": status, **self._output(output), "report": report.name if report else None}
+    def record(self, source: Path, status: Status, output: Path | None, report: Path | None = None) -> None:
+        entry = {"status": Status(status).value, **self._output(output), "report": report.name if report else None}
         self.entries[self.key(source)] = entry
         self.save()
 
     def record_report(self, source: Path, report: Path) -> None:
-        entry = self.entries.setdefault(self.key(source), {"status": "protected"})
+        entry = self.entries.setdefault(self.key(source), {"status": Status.PROTECTED.value})
         entry["report"] = report.name
         self.save()
 
@@ -267,128 +262,81 @@ class Journal:
 # -- one photo --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Result:
-    """A photo's outcome as plain data (it crosses process boundaries with --jobs)."""
-
-    source: str
-    # "protected", "no face", "done earlier", "facecloak output" (a marked copy given as input: left alone),
-    # "skipped" (its copy exists), "error"
-    status: str
-    output: str | None = None
-    faces: int = 0
-    seconds: float = 0.0
-    message: str = ""
-    face_dssim: tuple[float, ...] = ()
-    report: str | None = None  # one-line protection summary, with --report
-    report_file: str | None = None  # the report written, with --report
-    earlier: bool = False  # settled by an earlier run (``--resume``)
-
-
 class Worker:
     """Models loaded once; protects photos one after another (in the main process or a pool worker)."""
 
     def __init__(self, settings: BatchSettings) -> None:
-        from .protect import Protector
-
         self.settings = settings
         self.protector = Protector(settings.cloak_config(), settings.ensemble, settings.device)
         self.evaluator = None
         self.album: list = []  # clean embeddings of every face protected so far: links to older photos
         self.report_problem = ""
         if settings.report:
-            try:
-                from .report import ProtectionEvaluator
-            except ImportError:
-                self.report_problem = "report not available in this version"
-            else:
-                try:
-                    self.evaluator = ProtectionEvaluator(_measured_evaluators(), device=settings.device)
-                except (ValueError, OSError, RuntimeError) as err:
-                    self.report_problem = f"report unavailable: {' '.join(str(err).split())}"
+            from .report import ProtectionEvaluator
 
-    def __call__(
-        self, source: Path, out_dir: Path, progress: Callable[[int, int, float], None] | None = None
-    ) -> Result:
-        start = time.perf_counter()
+            try:
+                self.evaluator = ProtectionEvaluator(_measured_evaluators(), device=settings.device)
+            except (ValueError, OSError, RuntimeError) as err:
+                self.report_problem = f"report unavailable: {' '.join(str(err).split())}"
+
+    def __call__(self, job: Job) -> PhotoOutcome:
+        """Protect ``job``'s photo (or, for a photo protected earlier, only write its missing report)."""
+        if job.report_only:
+            return self._report_existing(job.source, job.target)
         try:
-            done = self.protector.protect_path(source, out_dir, self.settings.options, progress)
+            outcome = self.protector.protect_file(job.source, job.target, self.settings.options)
         except MemoryError:
-            return Result(str(source), "error", message=f"{display_name(source)}: not enough memory")
+            return PhotoOutcome(job.source, Status.ERROR, message=f"{display_name(job.source)}: not enough memory")
         except Exception as err:  # one bad photo must not stop the album; say what it was
             text = " ".join(f"{type(err).__name__}: {err}".split())[:200]
-            return Result(str(source), "error", message=f"{display_name(source)}: unexpected error ({text})")
-        o = done.outcome
-        result = Result(
-            str(source),
-            o.status,
-            str(o.output) if o.output else None,
-            o.faces,
-            time.perf_counter() - start,
-            o.message,
-            tuple(o.face_dssim),
-        )
-        if o.status == "protected" and self.settings.report:
-            result.report, result.report_file = self._report(done, Path(o.output))
-        return result
-
-    def report_existing(self, source: Path, output: Path) -> Result:
-        """Write the missing report of a photo protected by an earlier run, measured on its copy as written."""
-        from .image import ImageLoadError, open_photo, pil_to_tensor
-        from .protect import PhotoOutcome, ProtectedPhoto
-
-        start = time.perf_counter()
-        result = Result(str(source), "done earlier", str(output), earlier=True)
-        try:
-            photo = open_photo(source)
-            clean = pil_to_tensor(photo.rgb)
-            faces = list(self.protector.detector.detect(clean))
-        except ImageLoadError as err:
-            result.report = f"report failed: {err}"
-            return result
-        except Exception as err:  # one bad photo must not stop the album; say what it was
-            result.report = f"report failed: {' '.join(f'{type(err).__name__}: {err}'.split())[:200]}"
-            return result
-        done = ProtectedPhoto(PhotoOutcome(Path(source), "protected", Path(output), len(faces)), photo, clean, faces)
-        result.faces = len(faces)
-        result.report, result.report_file = self._report(done, Path(output))
-        result.seconds = time.perf_counter() - start
-        return result
-
-    def _report(self, done, output: Path) -> tuple[str, str | None]:
-        """Measure on the file as written (after encoding), so the numbers are what an uploader gets.
-
-        Returns the one-line summary and the report file written (None when none was).
-        """
-        if self.evaluator is None:
-            return self.report_problem, None
-        from .image import ImageLoadError, open_photo, pil_to_tensor
-
-        try:
-            written = pil_to_tensor(open_photo(output).rgb)
-            report = self.evaluator.report(
-                done.clean, written, done.faces, self.protector.ensemble_names, album=self.album
+            return PhotoOutcome(
+                job.source, Status.ERROR, message=f"{display_name(job.source)}: unexpected error ({text})"
             )
-            self.album += [face.clean_embeddings for face in report.faces]
-            path = report_path(output)
+        if outcome.status is Status.PROTECTED and self.settings.report:
+            self._report(outcome)
+        return outcome.detached()  # an album's worth of outcomes must not hold every photo's pixels
+
+    def _report_existing(self, source: Path, output: Path) -> PhotoOutcome:
+        """The missing report of a photo protected by an earlier run, measured on its copy as written."""
+        start = time.perf_counter()
+        try:
+            outcome = self.protector.earlier_copy(source, output)
+        except ImageLoadError as err:
+            return PhotoOutcome(source, Status.DONE_EARLIER, output, report_note=f"report failed: {err}")
+        except Exception as err:  # one bad photo must not stop the album; say what it was
+            text = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+            return PhotoOutcome(source, Status.DONE_EARLIER, output, report_note=f"report failed: {text}")
+        self._report(outcome)
+        outcome.seconds = time.perf_counter() - start
+        return outcome.detached()
+
+    def _report(self, outcome: PhotoOutcome) -> None:
+        """Measure on the file as written (after encoding), so the numbers are what an uploader gets; the report
+        goes next to the copy, and its one-line summary into ``outcome.report_note``."""
+        if self.evaluator is None:
+            outcome.report_note = self.report_problem
+            return
+        try:
+            report = measure(self.evaluator, outcome, self.protector.ensemble_names, album=self.album)
+            path = report_path(outcome.output)
             write_json_atomic(path, report.to_dict())
         except (ImageLoadError, OSError, ValueError, RuntimeError) as err:
-            return f"report failed: {' '.join(str(err).split())[:200]}", None
-        text = (
+            outcome.report_note = f"report failed: {' '.join(str(err).split())[:200]}"
+            return
+        outcome.report, outcome.report_file = report, path
+        outcome.report_note = (
             f"match rate {report.match_rate_before:.0%} -> {report.match_rate_after:.0%} on "
             f"{', '.join(report.evaluators) or 'no evaluator'}; report {path.name}"
         )
-        return text, str(path)
 
 
 def _models_problem(settings: BatchSettings) -> str:
     """Why the ensemble cannot be loaded (unknown or not converted), or an empty string."""
-    from .protect import default_ensemble
     from .zoo.manifest import load_manifest
     from .zoo.registry import cache_status
 
     manifest = load_manifest()
-    for name in settings.ensemble or default_ensemble():
+    for name in settings.ensemble or Roles.load().ensemble:
         if name not in manifest:
             return f"unknown model {name!r}; known: {', '.join(manifest)}"
         status = cache_status(manifest[name])
@@ -399,11 +347,10 @@ def _models_problem(settings: BatchSettings) -> str:
 
 def _measured_evaluators() -> list[str]:
     """Default evaluators that have measured thresholds (an unmeasured one cannot say 'matched')."""
-    from .protect import default_evaluators
     from .zoo.manifest import load_manifest
 
     manifest = load_manifest()
-    return [n for n in default_evaluators() if n in manifest and manifest[n].verification is not None]
+    return [n for n in Roles.load().evaluators if n in manifest and manifest[n].verification is not None]
 
 
 def report_path(output: Path) -> Path:
@@ -421,9 +368,9 @@ def _init_worker(settings: BatchSettings) -> None:
     _worker = Worker(settings)
 
 
-def _run_in_worker(job: Job) -> Result:
+def _run_in_worker(job: Job) -> PhotoOutcome:
     assert _worker is not None
-    return _run_job(_worker, job)
+    return _worker(job)
 
 
 # -- the batch --------------------------------------------------------------------------------------------
@@ -442,42 +389,35 @@ class Job:
         return self.target.parent
 
 
-def _run_job(worker: Worker, job: Job) -> Result:
-    if job.report_only:
-        return worker.report_existing(job.source, job.target)
-    return worker(job.source, job.folder)
-
-
 _LABELS = {
-    "facecloak output": "FaceCloak output(s) left alone",
-    "skipped": "skipped (copy exists)",
-    "error": "failed",
+    Status.FACECLOAK_OUTPUT: "FaceCloak output(s) left alone",
+    Status.SKIPPED: "skipped (copy exists)",
+    Status.ERROR: "failed",
 }
 
 
 @dataclass
 class BatchSummary:
-    results: list[Result]
+    results: list[PhotoOutcome]
     seconds: float
 
-    def count(self, status: str) -> int:
+    def count(self, status: Status) -> int:
         return sum(r.status == status for r in self.results)
 
     @property
-    def failed(self) -> list[Result]:
-        return [r for r in self.results if r.status == "error"]
+    def failed(self) -> list[PhotoOutcome]:
+        return self.with_status(Status.ERROR)
 
     @property
-    def unprotected(self) -> list[Result]:
+    def unprotected(self) -> list[PhotoOutcome]:
         """Photos given and not protected: failed, skipped because their copy exists, or colliding."""
         return [r for r in self.results if r.status not in SETTLED]
 
-    def with_status(self, status: str) -> list[Result]:
+    def with_status(self, status: Status) -> list[PhotoOutcome]:
         return [r for r in self.results if r.status == status]
 
     def line(self) -> str:
-        order = ["protected", "no face", "done earlier", "facecloak output", "skipped", "error"]
-        parts = [f"{self.count(s)} {_LABELS.get(s, s)}" for s in order if self.count(s)]
+        parts = [f"{self.count(s)} {_LABELS.get(s, s)}" for s in Status if self.count(s)]
         return f"done in {self.seconds:.0f} s: " + (", ".join(parts) or "nothing to do")
 
 
@@ -490,30 +430,30 @@ def _found(photo: Path | FoundPhoto) -> tuple[Path, Path | None]:
 
 def plan(
     photos: Sequence[Path | FoundPhoto], out_dir: Path, settings: BatchSettings, journal: Journal | None
-) -> tuple[list[Job], list[Result]]:
-    """Split photos into work to do and results known without computing.
+) -> tuple[list[Job], list[PhotoOutcome]]:
+    """Split photos into work to do and outcomes known without computing.
 
     Known without computing: FaceCloak's own outputs (left alone), photos whose copy would be another photo's
     copy too (failed), photos finished by an earlier run (``journal``, with ``--resume``) and photos whose copy
     already exists (skipped).
     """
     todo: list[Job] = []
-    known: list[Result] = []
+    known: list[PhotoOutcome] = []
     owners: dict[str, Path] = {}  # each target and the source it belongs to
     for photo in photos:
         source, root = _found(photo)
         marker = facecloak_marker(source)
         if marker is not None:
-            known.append(Result(str(source), "facecloak output", message=f"already a protected copy ({marker})"))
+            known.append(PhotoOutcome(source, Status.FACECLOAK_OUTPUT, message=f"already a protected copy ({marker})"))
             continue
         try:
             target = export_target(source, out_dir, settings.options, relative_to=root)
         except (OSError, ValueError) as err:
-            known.append(Result(str(source), "error", message=f"{display_name(source)}: {err}"))
+            known.append(PhotoOutcome(source, Status.ERROR, message=f"{display_name(source)}: {err}"))
             continue
         key = os.path.normcase(os.path.abspath(target))
         if key in owners:
-            known.append(Result(str(source), "error", message=_collision(owners[key], target)))
+            known.append(PhotoOutcome(source, Status.ERROR, message=_collision(owners[key], target)))
             continue
         owners[key] = source
         step = _plan_one(Job(source, target), settings, journal)
@@ -528,18 +468,18 @@ def _collision(other: Path, target: Path) -> str:
     )
 
 
-def _plan_one(job: Job, settings: BatchSettings, journal: Journal | None) -> Job | Result:
+def _plan_one(job: Job, settings: BatchSettings, journal: Journal | None) -> Job | PhotoOutcome:
     source, target = job.source, job.target
     if journal is not None and journal.finished(source, target):
-        if journal.status(source) == "no face":
-            return Result(str(source), "no face", message="no face found by the earlier run", earlier=True)
-        return _report_step(job, settings, journal) or Result(str(source), "done earlier", str(target), earlier=True)
+        if journal.status(source) == Status.NO_FACE:
+            return PhotoOutcome(source, Status.NO_FACE, message="no face found by the earlier run")
+        return _report_step(job, settings, journal) or PhotoOutcome(source, Status.DONE_EARLIER, target)
     if target.exists() and not settings.options.overwrite:
         if journal is None:
             message = f"{display_path(target)} exists (use --resume or --overwrite)"
-            return Result(str(source), "skipped", str(target), message=message)
+            return PhotoOutcome(source, Status.SKIPPED, target, message=message)
         journal.adopt(source, target)
-        return _report_step(job, settings, journal) or Result(str(source), "done earlier", str(target), earlier=True)
+        return _report_step(job, settings, journal) or PhotoOutcome(source, Status.DONE_EARLIER, target)
     return job
 
 
@@ -550,11 +490,11 @@ def _report_step(job: Job, settings: BatchSettings, journal: Journal) -> Job | N
     return None
 
 
-def _results(todo: Sequence[Job], settings: BatchSettings, jobs: int, worker: Worker | None) -> Iterator[Result]:
+def _outcomes(todo: Sequence[Job], settings: BatchSettings, jobs: int, worker: Worker | None) -> Iterator[PhotoOutcome]:
     if jobs <= 1 or len(todo) <= 1:
         worker = worker or Worker(settings)
         for job in todo:
-            yield _run_job(worker, job)
+            yield worker(job)
         return
     import multiprocessing
 
@@ -570,9 +510,8 @@ def _results(todo: Sequence[Job], settings: BatchSettings, jobs: int, worker: Wo
                     yield future.result()
                 except Exception as err:  # a crashed worker fails its photo, not the album
                     text = " ".join(str(err).split())[:200] or type(err).__name__
-                    yield Result(
-                        str(job.source), "error", message=f"{display_name(job.source)}: worker failed ({text})"
-                    )
+                    message = f"{display_name(job.source)}: worker failed ({text})"
+                    yield PhotoOutcome(job.source, Status.ERROR, message=message)
 
 
 def run_batch(
@@ -604,9 +543,11 @@ def run_batch(
     if removed:
         log(f"removed {removed} unfinished temporary file(s) left by an interrupted run")
     for r in results:
-        if r.status != "done earlier":
+        if r.status != Status.DONE_EARLIER:
             log(_describe(r))
-    earlier = sum(r.earlier for r in results) + sum(job.report_only for job in todo)
+    # settled by the journal: before any work, a photo is only known to have no face from the earlier run
+    earlier = sum(r.status in (Status.DONE_EARLIER, Status.NO_FACE) for r in results)
+    earlier += sum(job.report_only for job in todo)
     if earlier:
         log(f"resuming: {earlier} photo(s) already done")
 
@@ -617,10 +558,10 @@ def run_batch(
         bar = tqdm(total=len(todo), unit="photo", file=sys.stderr, dynamic_ncols=True)
         log = bar.write
     try:
-        for result in _results(todo, settings, jobs, worker):
-            results.append(result)
-            _record(journal, result)
-            log(_describe(result))
+        for outcome in _outcomes(todo, settings, jobs, worker):
+            results.append(outcome)
+            _record(journal, outcome)
+            log(_describe(outcome))
             if bar is not None:
                 bar.update(1)
     finally:
@@ -635,17 +576,15 @@ def _remove_stale_temp_files(out_dir: Path, todo: Sequence[Job]) -> int:
     return sum(remove_stale_temp_files(folder) for folder in sorted(folders) if folder.is_dir())
 
 
-def _record(journal: Journal, result: Result) -> None:
-    source = Path(result.source)
-    report = Path(result.report_file) if result.report_file else None
-    if result.status in FINISHED or result.status == "error":
+def _record(journal: Journal, outcome: PhotoOutcome) -> None:
+    if outcome.status in FINISHED or outcome.status == Status.ERROR:
         # errors are recorded too, for the record; ``finished`` only trusts FINISHED statuses
-        journal.record(source, result.status, Path(result.output) if result.output else None, report)
-    elif result.status == "done earlier" and report is not None:
-        journal.record_report(source, report)
+        journal.record(outcome.source, outcome.status, outcome.output, outcome.report_file)
+    elif outcome.status == Status.DONE_EARLIER and outcome.report_file is not None:
+        journal.record_report(outcome.source, outcome.report_file)
 
 
-def _detail(r: Result) -> str:
+def _detail(r: PhotoOutcome) -> str:
     """The message without the file name it may start with (the line names the photo by its path)."""
     for prefix in (display_path(r.source), display_name(r.source)):
         if r.message.startswith(f"{prefix}: "):
@@ -653,17 +592,18 @@ def _detail(r: Result) -> str:
     return r.message
 
 
-def _describe(r: Result) -> str:
+def _describe(r: PhotoOutcome) -> str:
     name = display_path(r.source)
-    if r.status == "protected":
+    if r.status == Status.PROTECTED:
         worst = max(r.face_dssim, default=0.0)
-        text = f"{name}: protected {r.faces} face(s), DSSIM {worst:.4f}, {r.seconds:.1f} s -> {display_path(r.output)}"
-        return f"{text}; {r.report}" if r.report else text
-    if r.status == "error":
+        output = display_path(r.output or "")
+        text = f"{name}: protected {len(r.faces)} face(s), DSSIM {worst:.4f}, {r.seconds:.1f} s -> {output}"
+        return f"{text}; {r.report_note}" if r.report_note else text
+    if r.status == Status.ERROR:
         return f"{name}: {_detail(r)}"
-    if r.status == "done earlier" and r.report:
-        return f"{name}: done earlier; {r.report}"
-    if r.status == "facecloak output":
+    if r.status == Status.DONE_EARLIER and r.report_note:
+        return f"{name}: done earlier; {r.report_note}"
+    if r.status == Status.FACECLOAK_OUTPUT:
         return f"{name}: skipped: {_detail(r)}, not protected again"
     return f"{name}: {r.status}" + (f" ({_detail(r)})" if r.message else "")
 
@@ -716,27 +656,26 @@ def _same_folder(a: Path, b: Path) -> bool:
         return False
 
 
-def _inputs(paths: Sequence[Path], out_dir: Path) -> tuple[list[FoundPhoto], list[Result]]:
-    """The photos among the given paths, and a failed result for each path missing or folder unreadable."""
-    from .protect import find_photos
-
-    problems = [Result(str(p), "error", message="no such file or folder") for p in paths if not os.path.lexists(p)]
+def _inputs(paths: Sequence[Path], out_dir: Path) -> tuple[list[FoundPhoto], list[PhotoOutcome]]:
+    """The photos among the given paths, and a failed outcome for each path missing or folder unreadable."""
+    missing = [p for p in paths if not os.path.lexists(p)]
+    problems = [PhotoOutcome(Path(p), Status.ERROR, message="no such file or folder") for p in missing]
     present = [p for p in paths if os.path.lexists(p)]
 
     def listing_error(where: Path, message: str) -> None:
-        problems.append(Result(str(where), "error", message=message))
+        problems.append(PhotoOutcome(where, Status.ERROR, message=message))
 
     return find_photos(present, on_error=listing_error, exclude=out_dir), problems
 
 
 def _print_summary(summary: BatchSummary, out_dir: Path) -> None:
     print(summary.line(), flush=True)
-    no_face = summary.with_status("no face")
+    no_face = summary.with_status(Status.NO_FACE)
     if no_face:
         print(f"{len(no_face)} photo(s) with no face found, no copy written:")
         for r in no_face:
             print(f"  {display_path(r.source)}")
-    marked = summary.with_status("facecloak output")
+    marked = summary.with_status(Status.FACECLOAK_OUTPUT)
     if marked:
         print(f"{len(marked)} photo(s) already protected by FaceCloak, left as they are:")
         for r in marked:

@@ -45,6 +45,7 @@ _KEEP_EXIF_IFD = (0x9003, 0x9004, 0x9010, 0x9011)  # DateTimeOriginal, DateTimeD
 
 _SUFFIX_OF_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp", "HEIF": ".heic"}
 TEMP_MARK = ".facecloak-"  # in every temp file name, so a batch can clean up after a killed run
+MAX_NUMBERED = 999  # "keep both": x_cloaked.jpg, then x_cloaked (2).jpg … x_cloaked (999).jpg
 
 # The marker of a protected copy: the standard XMP "creator tool" field, naming the program and its version and
 # nothing about the person or the camera. BMP has no metadata field: there the same packet follows the pixel data,
@@ -177,11 +178,22 @@ def _mirrored(source: Path, root: Path) -> Path:
     return relative
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (through symlinks, ``..`` and hard links alike); never raises."""
     try:
-        return os.path.realpath(a) == os.path.realpath(b) or (b.exists() and os.path.samefile(a, b))
+        return os.path.realpath(a) == os.path.realpath(b) or (Path(b).exists() and os.path.samefile(a, b))
     except OSError:
         return False
+
+
+def check_not_original(source: Path, target: Path) -> None:
+    """Refuse a ``target`` that is ``source`` itself: the original is never replaced.
+
+    Raises:
+        ExportError: ``target`` names the source photo.
+    """
+    if same_file(source, target):
+        raise ExportError(f"{display_name(target)}: would replace the original; choose another folder or suffix")
 
 
 def filtered_exif(exif: Image.Exif, keep: bool, fmt: str) -> Image.Exif | None:
@@ -205,28 +217,26 @@ def filtered_exif(exif: Image.Exif, keep: bool, fmt: str) -> Image.Exif | None:
     return out if len(out) else None
 
 
-def _compose(photo: SourcePhoto, pixels: np.ndarray, fmt: str) -> tuple[Image.Image, list[str]]:
+def _compose(photo: SourcePhoto, pixels: np.ndarray, fmt: str) -> Image.Image:
     """Protected RGB pixels back to the source's kind of image for ``fmt`` (alpha, grayscale, 16 bit)."""
-    notes: list[str] = []
     rgb = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))
     alpha = photo.alpha
     if alpha is not None and fmt == "JPEG":  # JPEG has no alpha: flatten on white, as a viewer would show it
         white = Image.new("RGB", rgb.size, (255, 255, 255))
         rgb = Image.composite(rgb, white, alpha)
         alpha = None
-        notes.append("transparency flattened on white (JPEG has none)")
     if photo.grayscale and fmt in ("JPEG", "PNG", "TIFF", "BMP"):
         gray = rgb.convert("L")
         if alpha is not None:
-            return Image.merge("LA", (gray, alpha)), notes
+            return Image.merge("LA", (gray, alpha))
         if photo.bit_depth == 16 and fmt in ("PNG", "TIFF"):
             # keep the file 16-bit; the protected values are 8-bit steps scaled to the full 16-bit range
             wide = np.asarray(gray, dtype=np.uint16) * 257
-            return Image.fromarray(wide.astype("<u2")), notes
-        return gray, notes
+            return Image.fromarray(wide.astype("<u2"))
+        return gray
     if alpha is not None:
-        return Image.merge("RGBA", (*rgb.split(), alpha)), notes
-    return rgb, notes
+        return Image.merge("RGBA", (*rgb.split(), alpha))
+    return rgb
 
 
 def _marker_params(fmt: str) -> dict:
@@ -345,27 +355,68 @@ def export_protected(
     options: ExportOptions = ExportOptions(),  # frozen, so a shared default is safe
     photo: SourcePhoto | None = None,
 ) -> Path:
-    """Write ``protected`` (``1,3,H,W`` in [0, 1], the oriented source's size) as the copy of ``source``.
+    """Write ``protected`` (``1,3,H,W`` in [0, 1], the oriented source's size) as the copy of ``source`` in
+    ``out_dir``, named by :func:`export_target`.
 
     ``photo`` is the decoded source when the caller has it (saves decoding it again). Returns the written path.
     """
     source = Path(source)
     target = export_target(source, out_dir, options)
-    if _same_file(source, target):
-        raise ExportError(f"{display_name(target)}: would replace the original; choose another folder or suffix")
-    if photo is None:
-        photo = open_photo(source)
+    check_not_original(source, target)
+    return write_protected(photo or open_photo(source), protected, target, options)
+
+
+def write_protected(
+    photo: SourcePhoto, protected: torch.Tensor, target: Path, options: ExportOptions, numbered: bool = False
+) -> Path:
+    """Write ``protected`` (``1,3,H,W`` in [0, 1], ``photo``'s size) as the protected copy of ``photo`` at ``target``.
+
+    Args:
+        photo: the decoded source photo (its format, alpha, profile and metadata shape the copy).
+        protected: the protected pixels.
+        target: where the copy goes (:func:`export_target`); never the source itself.
+        options: format, quality, metadata, and whether an existing file at ``target`` is replaced.
+        numbered: "keep both": when ``target`` is taken, write the first free ``<stem> (2)<ext>``, ``(3)``…
+            beside it instead, never replacing a file (the no-clobber write itself claims each name).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ExportError: the copy would replace the source, cannot be encoded or written, or no numbered name is free.
+        FileExistsError: ``target`` exists and neither ``options.overwrite`` nor ``numbered`` allows another file.
+    """
+    target = Path(target)
+    fmt = output_format(photo.path, options)
+    image = _protected_image(photo, protected, fmt)
+    params = _save_params(photo, fmt, options)
+    if not numbered:
+        check_not_original(photo.path, target)
+        write_atomic(image, target, fmt, params, overwrite=options.overwrite)
+        return target
+    for number in range(1, MAX_NUMBERED + 1):
+        candidate = target if number == 1 else target.with_name(f"{target.stem} ({number}){target.suffix}")
+        if same_file(photo.path, candidate):
+            continue
+        try:
+            write_atomic(image, candidate, fmt, params, overwrite=False)
+        except FileExistsError:
+            continue
+        return candidate
+    folder = display_name(target.parent)
+    raise ExportError(f"{display_name(photo.path)}: no free name for its protected copy in {folder}")
+
+
+def _protected_image(photo: SourcePhoto, protected: torch.Tensor, fmt: str) -> Image.Image:
+    """The protected pixels as the image to encode; ExportError when they are not the photo's size."""
     pixels = tensor_to_uint8(protected.detach().cpu())
     height, width = pixels.shape[:2]
     if (width, height) != photo.size:
         raise ExportError(
-            f"{display_name(source)}: protected image is {width}x{height}, the photo {photo.size[0]}x{photo.size[1]}"
+            f"{display_name(photo.path)}: protected image is {width}x{height}, "
+            f"the photo {photo.size[0]}x{photo.size[1]}"
         )
-    fmt = output_format(source, options)
-    image, _notes = _compose(photo, pixels, fmt)
-    del pixels  # the image holds its own copy; at 48 MP this is 150 MB less while the encoder runs
-    write_atomic(image, target, fmt, _save_params(photo, fmt, options), overwrite=options.overwrite)
-    return target
+    return _compose(photo, pixels, fmt)  # holds its own copy: at 48 MP the array is 150 MB less once it goes
 
 
 def remove_stale_temp_files(out_dir: Path) -> int:

@@ -10,7 +10,6 @@ message that names the file.
 from __future__ import annotations
 
 import io
-import os
 import re
 import stat
 import struct
@@ -114,7 +113,6 @@ class SourcePhoto:
     jpeg_quality: int | None = None  # estimated from the quantisation tables
     lossless: bool = True  # WebP: VP8L; other formats: whether the codec is lossless
     tiff_compression: str | None = None
-    notes: list[str] = field(default_factory=list)  # things worth telling the user (first frame only, ...)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -166,7 +164,7 @@ def _read_bytes(path: Path) -> bytes:
         raise ImageLoadError(f"{display_name(path)}: cannot read ({_one_line(err.strerror or err)})") from err
 
 
-def _to_rgb_and_alpha(img: Image.Image, notes: list[str]) -> tuple[Image.Image, Image.Image | None, bool, int]:
+def _to_rgb_and_alpha(img: Image.Image) -> tuple[Image.Image, Image.Image | None, bool, int]:
     """Decoded image of any mode to (RGB, alpha or None, grayscale, bit depth)."""
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -204,11 +202,9 @@ def _to_rgb_and_alpha(img: Image.Image, notes: list[str]) -> tuple[Image.Image, 
                 src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
                 rgb = ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
                 if rgb is not None:
-                    notes.append("CMYK converted to sRGB with its colour profile")
                     return rgb, None, False, 8
             except (ImageCms.PyCMSError, OSError, ValueError):
                 pass
-        notes.append("CMYK converted to RGB")
         return img.convert("RGB"), None, False, 8
     if mode in ("RGB", "YCbCr", "LAB", "HSV", "RGBX"):
         return img.convert("RGB"), None, False, 8
@@ -243,12 +239,11 @@ def _open_photo(path: Path) -> SourcePhoto:
             if min(width, height) < MIN_SIDE:
                 raise ImageLoadError(f"{name}: {width}x{height} pixels is too small to hold a face")
             fmt = img.format or "unknown"
-            notes: list[str] = []
+            # an animation is refused; of an MPO (phone JPEG with a depth map), a multi-page TIFF or a HEIF burst,
+            # the primary image is the photo
             frames = getattr(img, "n_frames", 1)
             if getattr(img, "is_animated", False) and fmt in ("GIF", "PNG", "WEBP"):
                 raise ImageLoadError(f"{name}: animated image ({frames} frames) is not supported")
-            if frames > 1:  # MPO (phone JPEG with a depth map), multi-page TIFF, HEIF bursts: the primary image
-                notes.append(f"first of {frames} images only")
             if fmt == "GIF":
                 raise ImageLoadError(f"{name}: GIF is not a supported photo format")
             try:  # a damaged EXIF block must not cost the photo: only its metadata is lost
@@ -257,7 +252,6 @@ def _open_photo(path: Path) -> SourcePhoto:
                     exif = img.getexif()
             except Exception:
                 exif = Image.Exif()
-                notes.append("unreadable EXIF ignored")
             icc = img.info.get("icc_profile") or None
             quality = estimate_jpeg_quality(img) if fmt in ("JPEG", "MPO") else None
             lossless = fmt not in ("JPEG", "MPO", "HEIF", "WEBP") or (fmt == "WEBP" and b"VP8L" in data[:4096])
@@ -268,10 +262,11 @@ def _open_photo(path: Path) -> SourcePhoto:
                     warnings.simplefilter("ignore", UserWarning)
                     oriented = ImageOps.exif_transpose(img)
             except (ValueError, KeyError, TypeError, SyntaxError, struct.error):
-                oriented = img
-                notes.append("unreadable EXIF orientation ignored")
-            rgb, alpha, gray, depth = _to_rgb_and_alpha(oriented, notes)
+                oriented = img  # an unreadable orientation tag: the pixels as stored
+            rgb, alpha, gray, depth = _to_rgb_and_alpha(oriented)
             rgb.load()
+            if oriented.mode == "CMYK":
+                icc = None  # a CMYK profile no longer describes the converted pixels
     except ImageLoadError as err:
         message = str(err)
         raise ImageLoadError(message if message.startswith(name) else f"{name}: {message}") from None
@@ -293,8 +288,6 @@ def _open_photo(path: Path) -> SourcePhoto:
         raise ImageLoadError(f"{name}: not a readable image ({text})") from err
     if fmt == "MPO":
         fmt = "JPEG"
-    if icc and rgb.mode == "RGB" and any("CMYK" in n for n in notes):
-        icc = None  # a CMYK profile no longer describes the converted pixels
     return SourcePhoto(
         path=path,
         rgb=rgb,
@@ -307,7 +300,6 @@ def _open_photo(path: Path) -> SourcePhoto:
         jpeg_quality=quality,
         lossless=lossless,
         tiff_compression=compression,
-        notes=notes,
     )
 
 
@@ -362,11 +354,3 @@ def tensor_to_uint8(image: torch.Tensor) -> np.ndarray:
 def load_image(path: str | Path) -> torch.Tensor:
     """Load a photo file as a ``1,3,H,W`` float32 RGB tensor in [0, 1] (EXIF orientation applied)."""
     return pil_to_tensor(load_pil(path))
-
-
-def file_size(path: Path) -> int:
-    """Size in bytes, or -1 when the file cannot be stat'ed (used by the batch journal)."""
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return -1

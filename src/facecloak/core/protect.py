@@ -1,46 +1,53 @@
-"""Protect photo files: load, detect, cloak, write a protected copy atomically. Originals are never touched."""
+"""The one path from a photo file to its protected copy and its report, for ``facecloak protect`` and the app.
+
+    photo file --open_photo--> pixels --detector--> faces --Cloak--> protected pixels --write_protected--> copy
+                                                                                       --measure--> report
+
+:class:`Protector` holds what is slow to load and worth keeping: the ensemble's models, the face detector and
+the attack with its album memory (warm starts from earlier photos of the same person). Its
+:meth:`~Protector.protect_file` protects one file into the target its caller computed once
+(:func:`~.export.export_target`) and returns a :class:`PhotoOutcome` whose :class:`Status` says how it
+ended; :func:`measure` is the one place the protection report is computed; :func:`build_config` the one place
+the attack's configuration is built. The batch runner (:mod:`.batch`, behind ``facecloak protect``) and the
+app's worker thread (``facecloak.app.worker``) both protect every photo through these.
+"""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from .attack import Cloak, CloakConfig, CloakResult
-from .detect import DetectorConfig, Face, FaceDetector
+from .attack import Cloak, CloakConfig, CloakResult, ProgressCallback, preset, with_overrides
+from .detect import Face, FaceDetector
 from .device import select_device
-from .export import ExportError, ExportOptions, export_protected, export_target
-from .image import (
-    PHOTO_SUFFIXES,
-    ImageLoadError,
-    SourcePhoto,
-    display_name,
-    display_path,
-    open_photo,
-    pil_to_tensor,
-)
-from .zoo.manifest import load_manifest, load_roles
+from .export import ExportError, ExportOptions, check_not_original, write_protected
+from .image import PHOTO_SUFFIXES, ImageLoadError, display_path, open_photo, pil_to_tensor
+from .zoo.manifest import Roles
+from .zoo.manifest import check_disjoint as check_disjoint  # re-exported for callers not yet on Roles
 from .zoo.registry import load_model
+
+if TYPE_CHECKING:
+    from .report import FaceEmbeddings, ProtectionEvaluator, ProtectionReport
 
 
 def default_ensemble() -> list[str]:
-    return list(load_roles()["ensemble"])
+    """The manifest's ensemble role (for callers not yet on :meth:`Roles.load`)."""
+    return list(Roles.load().ensemble)
 
 
 def default_evaluators() -> list[str]:
-    return list(load_roles()["evaluators"])
+    """The manifest's evaluator role (for callers not yet on :meth:`Roles.load`)."""
+    return list(Roles.load().evaluators)
 
 
-def check_disjoint(ensemble: Sequence[str], evaluators: Sequence[str]) -> None:
-    """Refuse a report computed on the attack's own models or their families (it would overstate protection)."""
-    manifest = load_manifest()
-    shared = {manifest[n].family for n in ensemble} & {manifest[n].family for n in evaluators}
-    if shared:
-        raise ValueError(f"ensemble and evaluators share model families {sorted(shared)}: the report would lie")
+# -- which photos -----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -95,109 +102,227 @@ def iter_photos(
     return [photo.path for photo in find_photos(paths, on_error, exclude)]
 
 
-@dataclass(frozen=True)
+# -- the outcome ------------------------------------------------------------------------------------------
+
+
+class Status(StrEnum):
+    """How a photo ended, the settled first. The values are the words the command line prints and the journal
+    stores."""
+
+    PROTECTED = "protected"  # its protected copy is written
+    NO_FACE = "no face"  # nothing to protect: no copy written
+    DONE_EARLIER = "done earlier"  # protected by an earlier run (``facecloak protect --resume``)
+    FACECLOAK_OUTPUT = "facecloak output"  # a copy FaceCloak wrote, given as a photo: left alone
+    SKIPPED = "skipped"  # its copy's name is taken by a file that is not to be replaced
+    ERROR = "error"  # not protected; the message says why
+
+
+@dataclass
 class PhotoOutcome:
+    """What became of one photo: the one record the batch runner, the command line and the app read.
+
+    The last three fields are in-memory results, for the report and the app's display; :meth:`detached` drops
+    them (what a batch collects for a whole album and sends between processes).
+    """
+
     source: Path
-    status: str  # "protected", "no face", "skipped", "error"
-    output: Path | None = None
-    faces: int = 0
+    status: Status
+    output: Path | None = None  # the copy written; when SKIPPED, the file that holds its name
+    faces: tuple[Face, ...] = ()  # the faces protected
     seconds: float = 0.0
-    message: str = ""
-    face_dssim: tuple[float, ...] = ()
+    message: str = ""  # one line: why, for anything but PROTECTED
+    face_dssim: tuple[float, ...] = ()  # per face, the change's DSSIM at photo resolution
+    report_file: Path | None = None  # the report written next to the copy, if any
+    report_note: str = ""  # the report in one line: its headline, or why there is none
+    clean: torch.Tensor | None = None  # the decoded photo, 1,3,H,W in [0, 1]
+    protected: torch.Tensor | None = None  # the protected photo (kept when its copy could not be written)
+    report: ProtectionReport | None = None
+
+    def detached(self) -> PhotoOutcome:
+        """This outcome without its pixels and report object: plain data."""
+        return replace(self, clean=None, protected=None, report=None)
+
+
+# -- the attack's configuration ---------------------------------------------------------------------------
+
+
+def build_config(
+    preset_name: str = "mid",
+    steps: int | None = None,
+    dssim_budget: float | None = None,
+    robustness: Mapping[str, bool] | None = None,
+    knobs: Mapping[str, object] | None = None,
+) -> CloakConfig:
+    """The attack's configuration: the preset, then each override given (None: the preset's own).
+
+    Args:
+        preset_name: ``low``, ``mid`` or ``high``.
+        steps: optimisation steps per face.
+        dssim_budget: the face-region DSSIM budget.
+        robustness: degradation kinds switched on or off by name, e.g. ``{"jpeg": False}``.
+        knobs: expert overrides of any knob by name, applied last (see :func:`~.attack.with_overrides`;
+            ``--set KNOB=VALUE`` strings become one with :func:`~.attack.parse_assignments`).
+
+    Raises:
+        ValueError: an unknown preset or knob, or a value out of range (the message names it).
+    """
+    changes: dict[str, object] = {}
+    if steps is not None:
+        changes["steps"] = steps
+    if dssim_budget is not None:
+        changes["dssim_budget"] = dssim_budget
+    for kind, on in (robustness or {}).items():
+        changes[f"robustness.{kind}"] = on
+    changes.update(knobs or {})
+    return with_overrides(preset(preset_name), changes)
+
+
+# -- the pipeline -----------------------------------------------------------------------------------------
 
 
 class Protector:
-    """Loads the detector and the ensemble once, then protects photos one after another."""
+    """The loaded models, face detector and attack, kept while photos are protected one after another.
+
+    Args:
+        config: the attack's knobs (:func:`build_config`); :meth:`configure` changes them later.
+        ensemble: the attack's models by name. Default: the manifest's ensemble role.
+        device: where the attack runs; ``auto`` takes CUDA, then Apple MPS, then the CPU. Default: ``auto``.
+        detector: a face detector already loaded (the app's, which finds faces as photos are added).
+            Default: a new one, on the CPU.
+    """
 
     def __init__(
         self,
         config: CloakConfig,
         ensemble: Sequence[str] | None = None,
         device: str = "auto",
-        detector: DetectorConfig | None = None,
+        detector: FaceDetector | None = None,
     ) -> None:
         self.device = select_device(device)
         self.config = config
-        self.ensemble_names = list(ensemble or default_ensemble())
+        self.ensemble_names = list(ensemble or Roles.load().ensemble)
         self.models = [load_model(name, self.device) for name in self.ensemble_names]
-        self.detector = FaceDetector(detector or DetectorConfig(device="cpu"))
+        self.detector = detector or FaceDetector()
         self.cloak = Cloak(self.models, config)
+
+    def configure(self, config: CloakConfig) -> None:
+        """Protect the next photos with ``config``; the loaded models and the album memory are kept."""
+        if config == self.config:
+            return
+        memory = self.cloak.memory
+        self.cloak = Cloak(self.models, config, lpips=self.cloak.lpips)
+        self.cloak.memory = memory
+        self.config = config
 
     def protect_tensor(
         self,
         photo: torch.Tensor,
         faces: Sequence[Face] | None = None,
-        progress: Callable[[int, int, float], None] | None = None,
+        progress: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        config: CloakConfig | None = None,
     ) -> CloakResult:
+        """Protect ``faces`` of ``photo`` (``1,3,H,W`` in [0, 1]; None: every face found) in memory.
+
+        ``config``, when given, is for this photo only: a separate attack on the same models that neither reads
+        nor changes the album memory (the app's quick preview). Raises CloakCancelled when ``should_cancel`` says.
+        """
+        cloak = self.cloak if config is None else Cloak(self.models, config, lpips=self.cloak.lpips)
         faces = list(self.detector.detect(photo) if faces is None else faces)
-        return self.cloak(photo.to(self.device), faces, progress, should_cancel)
+        return cloak(photo.to(self.device), faces, progress, should_cancel)
 
     def protect_file(
         self,
         source: Path,
-        out_dir: Path,
-        suffix: str = "_cloaked",
-        overwrite: bool = False,
-        progress: Callable[[int, int, float], None] | None = None,
-        options: ExportOptions | None = None,
-        should_cancel: Callable[[], bool] | None = None,
-    ) -> PhotoOutcome:
-        """Protect one photo file into ``out_dir`` (``options`` wins over ``suffix``/``overwrite``)."""
-        return self.protect_path(
-            source, out_dir, options or ExportOptions(suffix=suffix, overwrite=overwrite), progress, should_cancel
-        ).outcome
-
-    def protect_path(
-        self,
-        source: Path,
-        out_dir: Path,
+        target: Path,
         options: ExportOptions,
-        progress: Callable[[int, int, float], None] | None = None,
+        faces: Sequence[Face] | None = None,
+        progress: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
-    ) -> ProtectedPhoto:
-        """Load, detect, cloak and export one photo; every expected failure becomes an outcome, not a raise."""
+        started: Callable[[int], None] | None = None,
+        numbered: bool = False,
+    ) -> PhotoOutcome:
+        """Protect the photo file ``source`` into ``target``: decoded once, faces found, cloaked, written atomically.
+
+        Args:
+            source: the photo; never modified.
+            target: where its copy goes, computed once by the caller (:func:`~.export.export_target`).
+            options: how the copy is written: format, quality, metadata, whether a file at ``target`` is replaced.
+            faces: the faces to protect. Default: every face the detector finds.
+            progress: called after each step of the attack with (step, steps, loss).
+            should_cancel: polled before each step; True stops the attack with :class:`~.attack.CloakCancelled`.
+            started: called with the number of faces as the attack starts.
+            numbered: when ``target`` is taken, write a numbered name beside it (:func:`~.export.write_protected`).
+
+        Returns:
+            The outcome. Every expected failure (an unreadable photo, no face, a copy that cannot be written) is an
+            outcome, not an exception; a copy that could not be written keeps its pixels in ``protected``.
+
+        Raises:
+            CloakCancelled: ``should_cancel`` returned True.
+        """
         start = time.perf_counter()
         source = Path(source)
-        target = export_target(source, out_dir, options)
         try:
-            same = os.path.realpath(target) == os.path.realpath(source)
-        except OSError:
-            same = False
-        if same:
-            return ProtectedPhoto(
-                PhotoOutcome(source, "error", message="output would replace the original; choose another folder")
-            )
-        if target.exists() and not options.overwrite:
-            return ProtectedPhoto(PhotoOutcome(source, "skipped", target, message=f"{display_name(target)} exists"))
-        try:
+            check_not_original(source, target)  # before minutes of work that could not be written
             photo = open_photo(source)
-        except ImageLoadError as err:
-            return ProtectedPhoto(PhotoOutcome(source, "error", message=str(err)))
-        clean = pil_to_tensor(photo.rgb)
-        faces = self.detector.detect(clean)
-        if not faces:
-            outcome = PhotoOutcome(source, "no face", seconds=time.perf_counter() - start, message="no face found")
-            return ProtectedPhoto(outcome, photo, clean)
-        result = self.protect_tensor(clean, faces, progress, should_cancel)
-        try:
-            written = export_protected(source, result.photo.cpu(), out_dir, options, photo=photo)
-        except FileExistsError as err:
-            return ProtectedPhoto(PhotoOutcome(source, "skipped", target, message=str(err)), photo, clean, faces)
         except (ExportError, ImageLoadError) as err:
-            return ProtectedPhoto(PhotoOutcome(source, "error", message=str(err)), photo, clean, faces)
-        outcome = PhotoOutcome(
-            source, "protected", written, len(faces), time.perf_counter() - start, face_dssim=tuple(result.face_dssim)
-        )
-        return ProtectedPhoto(outcome, photo, clean, list(faces), result)
+            return PhotoOutcome(source, Status.ERROR, message=str(err))
+        clean = pil_to_tensor(photo.rgb)
+        chosen = list(self.detector.detect(clean) if faces is None else faces)
+        if not chosen:
+            message = "no face found" if faces is None else "no face selected"
+            return PhotoOutcome(source, Status.NO_FACE, seconds=time.perf_counter() - start, message=message)
+        if started is not None:
+            started(len(chosen))
+        result = self.protect_tensor(clean, chosen, progress, should_cancel)
+        outcome = PhotoOutcome(source, Status.PROTECTED, faces=tuple(chosen), face_dssim=tuple(result.face_dssim))
+        outcome.clean, outcome.protected = clean, result.photo.cpu()
+        try:
+            outcome.output = write_protected(photo, outcome.protected, target, options, numbered)
+        except FileExistsError as err:  # the name was taken while the attack ran
+            outcome.status, outcome.output, outcome.message = Status.SKIPPED, Path(target), str(err)
+        except ExportError as err:
+            outcome.status, outcome.message = Status.ERROR, str(err)
+        outcome.seconds = time.perf_counter() - start
+        return outcome
+
+    def earlier_copy(self, source: Path, output: Path) -> PhotoOutcome:
+        """A photo protected by an earlier run into ``output``, decoded and its faces found again, ready for
+        :func:`measure` without being protected again.
+
+        Raises:
+            ImageLoadError: the photo cannot be read any more.
+        """
+        clean = pil_to_tensor(open_photo(source).rgb)
+        faces = tuple(self.detector.detect(clean))
+        return PhotoOutcome(Path(source), Status.DONE_EARLIER, Path(output), faces, clean=clean)
 
 
-@dataclass
-class ProtectedPhoto:
-    """What protecting one file produced: the outcome, and for reports the clean photo, faces and result."""
+def measure(
+    evaluator: ProtectionEvaluator,
+    outcome: PhotoOutcome,
+    ensemble: Sequence[str],
+    on_written: bool = True,
+    album: list[FaceEmbeddings] | None = None,
+) -> ProtectionReport:
+    """The protection report of a protected photo: the one place the pipeline calls the evaluator.
 
-    outcome: PhotoOutcome
-    photo: SourcePhoto | None = None
-    clean: torch.Tensor | None = None
-    faces: list[Face] | None = None
-    result: CloakResult | None = None
+    Args:
+        evaluator: the held-out models that measure.
+        outcome: a protected photo (or one protected earlier), with its clean pixels and its faces.
+        ensemble: the attack's models by name (the evaluator refuses models of their families).
+        on_written: measure the copy as written, decoded from ``outcome.output``: what an uploader gets, after
+            encoding. False: the protected pixels in memory (``outcome.protected``). Default: True.
+        album: clean embeddings of faces protected earlier, compared too; this photo's faces are added to it.
+            Default: None (no album).
+
+    Raises:
+        ImageLoadError: the written copy cannot be read back.
+        ValueError, RuntimeError, OSError: the evaluator cannot measure this photo.
+    """
+    protected = pil_to_tensor(open_photo(outcome.output).rgb) if on_written else outcome.protected
+    report = evaluator.report(outcome.clean, protected, list(outcome.faces), ensemble, album=album or ())
+    if album is not None:
+        album.extend(face.clean_embeddings for face in report.faces)
+    return report
