@@ -1,8 +1,9 @@
 """The window over a fake engine (fast, no models): closing it mid-run, and protected copies that already exist.
 
-The fakes replace only the slow parts (detector, attack, the evaluator's models); the window, the worker thread,
-the run control and the real exporter that writes the files are the app's own. One test runs the app as a program
-to see it exit cleanly; the last one closes the window during a real report (models needed).
+The fakes replace only the slow parts (the face detector, the ensemble's models, the attack loop and the evaluator's
+models); the window, the worker thread, the run control, the protector's pipeline and the real exporter that writes
+the files are the app's own. One test runs the app as a program to see it exit cleanly; the last one closes the
+window during a real report (models needed).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class FakeCloak:
 
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
+        self.memory = None  # the album memory a protector carries from one attack to the next
+        self.lpips = None
 
     def __call__(self, photo, faces, progress=None, should_cancel=None, init=None):
         engine = self.engine
@@ -107,13 +110,21 @@ class FakeEngine:
 
 
 def install_fakes(engine: FakeEngine, patch: Callable[[object, str, object], None]) -> None:
-    """Put the fakes in place of the slow parts with ``patch(owner, name, value)`` (``monkeypatch.setattr``)."""
-    from facecloak.core import report
+    """Put the fakes in place of the slow parts with ``patch(owner, name, value)`` (``monkeypatch.setattr``).
 
-    protector = SimpleNamespace(device="cpu", ensemble_names=["fake_surrogate"], models=[], cloak=None)
+    The protector itself is real: it loads its models through ``load_model`` and attacks with ``Cloak``, both
+    replaced here, and finds faces with the worker's detector.
+    """
+    from facecloak.core import attack, protect, report
+
+    def fake_cloak(_models, _config, lpips=None) -> FakeCloak:
+        return FakeCloak(engine)
+
     patch(Worker, "_get_detector", lambda self: FakeDetector())
-    patch(Worker, "_get_protector", lambda self, settings: protector)
-    patch(Worker, "_make_cloak", staticmethod(lambda protector, config: FakeCloak(engine)))
+    patch(protect, "FaceDetector", lambda *_args, **_kw: FakeDetector())
+    patch(protect, "load_model", lambda name, device=None: SimpleNamespace(name=name))
+    patch(protect, "Cloak", fake_cloak)
+    patch(attack, "Cloak", fake_cloak)
     patch(report, "ProtectionEvaluator", fake_evaluator_class(engine))
 
 

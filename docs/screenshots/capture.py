@@ -1,7 +1,11 @@
-# Regenerate (from the repository root):
-#   PRESET=mid [STEPS=N] [ENSEMBLE=a,b,...] \
-#   xvfb-run -a -s "-screen 0 1400x900x24" python docs/screenshots/capture.py /tmp/shots
-"""Drive the real FaceCloak window under Xvfb and capture its main states."""
+# Regenerate (from the repository root, with the models built):
+#   [THEME=dark|light] [PRESET=mid] [STEPS=N] [ENSEMBLE=a,b,...] [EVALUATORS=a,b,...] \
+#   xvfb-run -a -s "-screen 0 1400x900x24" python docs/screenshots/capture.py docs/screenshots
+"""Drive the real FaceCloak window under Xvfb through a protect run and capture its main states.
+
+The album is made from scikit-image's sample pictures (public domain): one face, a cat, a cup of coffee, and a
+file that is not a photo. Each state is waited for, not timed: the protecting shot is taken during the report.
+"""
 
 import os
 import sys
@@ -9,96 +13,112 @@ import time
 from pathlib import Path
 
 from PIL import Image
-from PySide6.QtCore import QCoreApplication, QEventLoop, QSettings, QTimer
+from PySide6.QtCore import QCoreApplication, QEventLoop, QPointF, QSettings, QTimer
 from PySide6.QtWidgets import QApplication
 from skimage import data
 
 OUT = Path(sys.argv[1])
 OUT.mkdir(parents=True, exist_ok=True)
-work = Path("/tmp/facecloak-shots/album")
-(work / "holiday").mkdir(parents=True, exist_ok=True)
-Image.fromarray(data.astronaut()).save(work / "holiday" / "astronaut.jpg", quality=95)
-Image.fromarray(data.chelsea()).save(work / "holiday" / "chelsea.jpg", quality=95)
-Image.fromarray(data.coffee()).save(work / "coffee.jpg", quality=95)
-(work / "notes.jpg").write_bytes(b"not a photo")
-outdir = Path("/tmp/facecloak-shots/protected")
+WORK = Path("/tmp/facecloak-shots")
+album = WORK / "album"
+(album / "holiday").mkdir(parents=True, exist_ok=True)
+Image.fromarray(data.astronaut()).save(album / "holiday" / "astronaut.jpg", quality=95)
+Image.fromarray(data.chelsea()).save(album / "holiday" / "chelsea.jpg", quality=95)
+Image.fromarray(data.coffee()).save(album / "coffee.jpg", quality=95)
+(album / "notes.jpg").write_bytes(b"not a photo")
+outdir = WORK / "protected"
 outdir.mkdir(exist_ok=True)
-for p in outdir.iterdir():
-    p.unlink()
+for old in outdir.iterdir():
+    old.unlink()
 
 QCoreApplication.setOrganizationName("FaceCloak")
 QCoreApplication.setApplicationName("FaceCloak")
 app = QApplication(sys.argv)
-from facecloak.app.window import MainWindow, install_error_hook  # noqa: E402 - after QApplication
+from facecloak.app.first_run import app_icon  # noqa: E402 - after QApplication
+from facecloak.app.run_state import Stage  # noqa: E402
+from facecloak.app.window import MainWindow, install_error_hook  # noqa: E402
 from facecloak.core.protect import default_ensemble  # noqa: E402
 
-ini = Path("/tmp/facecloak-shots/settings.ini")
+app.setWindowIcon(app_icon())
+ini = WORK / "settings.ini"
 ini.unlink(missing_ok=True)
 settings = QSettings(str(ini), QSettings.Format.IniFormat)
+settings.setValue("window/theme", os.environ.get("THEME", "dark"))
 w = MainWindow(settings)
 install_error_hook(w)
 w.resize(1360, 860)
 w.show()
 
 
-def spin(ms):
+def spin(ms: int) -> None:
     loop = QEventLoop()
     QTimer.singleShot(ms, loop.quit)
     loop.exec()
 
 
-def until(cond, timeout=300):
-    t = time.time()
+def until(cond, timeout: float = 300) -> None:
+    start = time.time()
     while not cond():
-        spin(100)
-        if time.time() - t > timeout:
+        spin(50)
+        if time.time() - start > timeout:
             raise TimeoutError
 
 
+def shot(name: str, widget=None) -> None:
+    spin(300)
+    (widget or w).grab().save(str(OUT / name))
+    print("saved", name, flush=True)
+
+
 spin(800)
-w.grab().save(str(OUT / "01-empty.png"))
-p = w.settings_panel
-p.expert.setChecked(True)
-if os.environ.get("STEPS"):  # default: the preset's own
-    p.steps.setValue(int(os.environ["STEPS"]))
-ens = os.environ["ENSEMBLE"].split(",") if os.environ.get("ENSEMBLE") else default_ensemble()
-for n, b in p.ensemble_boxes.items():
-    b.setChecked(n in ens)
-p.preset.setCurrentText(os.environ.get("PRESET", "mid"))
-p.output_dir.setText(str(outdir))
+shot("01-empty.png")
+panel = w.settings_panel
+panel.preset.setCurrentText(os.environ.get("PRESET", "mid"))
+if os.environ.get("STEPS") or os.environ.get("ENSEMBLE"):
+    panel.expert.setChecked(True)
+    if os.environ.get("STEPS"):
+        panel.steps.setValue(int(os.environ["STEPS"]))
+    chosen = os.environ["ENSEMBLE"].split(",") if os.environ.get("ENSEMBLE") else default_ensemble()
+    for name, box in panel.ensemble_boxes.items():
+        box.setChecked(name in chosen)
+panel.measure.setChecked(True)
+panel.output_dir.setText(str(outdir))
 if os.environ.get("EVALUATORS"):  # default: the manifest's held-out evaluators
     settings.setValue("run/evaluators", os.environ["EVALUATORS"].split(","))
-w.add_paths([work])
+w.add_paths([album])
 until(lambda: all(e.faces is not None or e.status == "error" for e in w.entries.values()))
-w.album.setCurrentItem(w.album.item_for(str(work / "holiday" / "astronaut.jpg")))
-w.tabs.setCurrentWidget(w.settings_panel)
-spin(500)
-w.grab().save(str(OUT / "02-album.png"))
-w.protect_all()
-key = str(work / "holiday" / "astronaut.jpg")
-until(lambda: w.entries[key].progress > 0.4)
-spin(200)
-w.grab().save(str(OUT / "03-protecting.png"))
-until(lambda: w.mode == "idle", 600)
+key = str(album / "holiday" / "astronaut.jpg")
 w.album.setCurrentItem(w.album.item_for(key))
-w.tabs.setCurrentWidget(w.report_panel)
+w.tabs.setCurrentWidget(w.settings_panel)
+shot("02-album.png")
+w.tabs.setCurrentIndex(0)  # the report tab
+w.protect_all()
+until(lambda: w.run is not None and w.run.stage == Stage.REPORT, 600)
+spin(1500)  # the report's own progress moves on
+shot("03-protecting.png")
+until(lambda: w.mode == "idle", 900)
+w.album.setCurrentItem(w.album.item_for(key))
 w.preview.divider = 0.45
 w.preview.update()
-spin(500)
-w.grab().save(str(OUT / "04-before-after-report.png"))
+shot("04-before-after-report.png")
 w.set_view_mode("difference")
-spin(300)
-w.grab().save(str(OUT / "05-difference.png"))
+shot("05-difference.png")
 w.set_view_mode("side")
-spin(300)
-w.grab().save(str(OUT / "06-side-by-side.png"))
+shot("06-side-by-side.png")
 w.set_view_mode("split")
-w.preview.zoom_actual()
-spin(300)
-w.grab().save(str(OUT / "07-zoom-100.png"))
+x0, y0, x1, y1 = w.entries[key].faces[0].box
+w.preview.zoom_actual()  # 100%, then 3x around the face: the change at pixel level on each side of the divider
+w.preview.center = QPointF((x0 + x1) / 2 / w.preview.before.width(), (y0 + y1) / 2 / w.preview.before.height())
+w.preview.set_zoom(3 / w.preview.devicePixelRatioF())
+w.preview.divider = (x0 + x1) / 2 / w.preview.before.width()
+shot("07-zoom.png")
 w.show_about()
-spin(500)
-w.about_box.grab().save(str(OUT / "08-about.png"))
-print({k: (e.status, e.message) for k, e in w.entries.items()})
+spin(300)
+shot("08-about.png", w.about_box)
+w.about_box.close()
+w.set_theme("light" if os.environ.get("THEME", "dark") == "dark" else "dark")  # the other look (View > Theme)
+w.preview.zoom_fit()
+shot("09-other-look.png")
+print({k: (e.status, e.message, round(e.seconds, 1)) for k, e in w.entries.items()}, flush=True)
 w.shutdown()
 w.close()

@@ -338,8 +338,10 @@ def offer_first_run(window, names: list[str] | None = None) -> FirstRunDialog | 
     if not todo:
         return None
     dialog = FirstRunDialog(todo, window)
+    window.models_being_built(True)  # the window's "models not ready" banner would contradict the dialog
 
     def finished(result: FirstRunResult) -> None:
+        window.models_being_built(False)
         # a QObject in the GUI thread, so the worker's signal is queued to it after the window's own handler
         # (connected earlier): this message is the one left on screen
         dialog.after_check = _AfterCheck(window, result, dialog)

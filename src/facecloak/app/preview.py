@@ -1,8 +1,8 @@
 """The before/after viewer: split with a draggable divider, side by side, A/B flicker, amplified difference.
 
 Zoom with the wheel (around the cursor), Ctrl+0 fit, Ctrl+1 100% (one photo pixel per screen pixel,
-high-DPI aware); pan by dragging or with the arrow keys. Faces are outlined; clicking a face toggles
-whether it is protected.
+high-DPI aware); pan by dragging or with the arrow keys. Faces are outlined; clicking a face asks to toggle
+whether it is protected (``faceToggled``): the window decides and shows the result with ``set_faces``.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QFont, QImage, QKeyEvent, QMouseEvent, QPainter, QPen, QWheelEvent
+from PySide6.QtCore import QPointF, QRectF, QSizeF, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QImage, QKeyEvent, QMouseEvent, QPainter, QPen, QWheelEvent
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 SPLIT, SIDE_BY_SIDE, FLICKER, DIFFERENCE = "split", "side", "flicker", "difference"
@@ -32,7 +32,38 @@ def amplified_difference(before: np.ndarray, after: np.ndarray, gain: int = DIFF
     return np.clip(diff, 0, 255).astype(np.uint8)
 
 
+def face_numbers(faces: list[Any]) -> list[int]:
+    """Each face's number as people read the photo: left to right (then top to bottom), starting at 1."""
+    order = sorted(range(len(faces)), key=lambda i: (faces[i].box[0], faces[i].box[1]))
+    numbers = [0] * len(faces)
+    for number, index in enumerate(order, start=1):
+        numbers[index] = number
+    return numbers
+
+
+def place_labels(boxes: list[QRectF], sizes: list[QSizeF], bounds: QRectF, gap: float = 2.0) -> list[QRectF]:
+    """Where each face's label goes: just above its box (inside the top of it when there is no room above), kept
+    inside ``bounds`` and clear of the labels placed before it (moved down below the one it would cover)."""
+    placed: list[QRectF] = []
+    for box, size in zip(boxes, sizes, strict=True):
+        x = max(bounds.left(), min(box.left(), bounds.right() - size.width()))
+        y = box.top() - size.height() - gap
+        if y < bounds.top():
+            y = max(bounds.top(), box.top()) + gap
+        rect = QRectF(QPointF(x, y), size)
+        for _ in range(len(placed) + 1):
+            hit = next((other for other in placed if other.intersects(rect)), None)
+            if hit is None:
+                break
+            rect.moveTop(hit.bottom() + gap)
+        placed.append(rect)
+    return placed
+
+
 class PreviewWidget(QWidget):
+    """``faceToggled(index, wanted)`` when a face is clicked; ``zoomChanged(scale)`` whenever the shown scale
+    may have changed (zoom, a new photo, a resize at fit)."""
+
     faceToggled = Signal(int, bool)
     zoomChanged = Signal(float)
 
@@ -43,7 +74,9 @@ class PreviewWidget(QWidget):
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setMouseTracking(True)
-        self.setToolTip("Drag the divider to compare; wheel to zoom; drag or arrow keys to pan; click a face to toggle")
+        self.setToolTip(
+            "Drag the divider to compare; wheel to zoom; drag or arrow keys to pan; click a face to protect or skip it"
+        )
         self.before: QImage | None = None
         self.after: QImage | None = None
         self._before_px: np.ndarray | None = None
@@ -75,6 +108,7 @@ class PreviewWidget(QWidget):
         self._diff = None
         if not same_size:
             self.scale, self.center = None, QPointF(0.5, 0.5)
+        self.zoomChanged.emit(self.current_scale())
         self.update()
 
     def set_faces(self, faces: list[Any], enabled: list[bool]) -> None:
@@ -89,6 +123,7 @@ class PreviewWidget(QWidget):
             self._timer.start()
         else:
             self._timer.stop()
+        self.zoomChanged.emit(self.current_scale())  # side by side halves the fit
         self.update()
 
     def difference_image(self) -> QImage | None:
@@ -117,6 +152,23 @@ class PreviewWidget(QWidget):
 
     def current_scale(self) -> float:
         return self.scale if self.scale is not None else self.fit_scale()
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the photo is fitted to the view (the scale then follows the view's size)."""
+        return self.scale is None
+
+    def zoom_text(self) -> str:
+        """The zoom for a label: "Fit 37%" at fit, "100%" otherwise, "" without a photo."""
+        if self.before is None:
+            return ""
+        percent = f"{self.current_scale() * self.devicePixelRatioF():.0%}"
+        return f"Fit {percent}" if self.fitted else percent
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if self.fitted and self.before is not None:
+            self.zoomChanged.emit(self.current_scale())
 
     def image_rect(self, pane: QRectF) -> QRectF:
         """Where the whole image lands in a pane at the current zoom and pan."""
@@ -264,25 +316,43 @@ class PreviewWidget(QWidget):
         else:
             self._label(painter, pane.topLeft() + QPointF(8, 8), "Original")
 
-    def _draw_faces(self, painter: QPainter, rect: QRectF) -> None:
+    def face_rects(self, rect: QRectF) -> list[QRectF]:
+        """Each face's box on screen for the image drawn at ``rect``, cut to the image (detectors may overhang)."""
         s = self.current_scale()
-        for i, face in enumerate(self.faces):
-            on = self.enabled[i] if i < len(self.enabled) else True
+        boxes = []
+        for face in self.faces:
             x0, y0, x1, y1 = face.box
             box = QRectF(rect.left() + x0 * s, rect.top() + y0 * s, (x1 - x0) * s, (y1 - y0) * s)
+            boxes.append(box.intersected(rect))
+        return boxes
+
+    def face_label(self, index: int) -> str:
+        on = self.enabled[index] if index < len(self.enabled) else True
+        return f"Face {face_numbers(self.faces)[index]}: {'protect' if on else 'skip'}"
+
+    def label_rects(self, rect: QRectF, boxes: list[QRectF]) -> list[QRectF]:
+        metrics = self.fontMetrics()
+        sizes = [
+            QSizeF(metrics.horizontalAdvance(self.face_label(i)) + 12, metrics.height() + 6) for i in range(len(boxes))
+        ]
+        return place_labels(boxes, sizes, rect.intersected(QRectF(self.rect())))
+
+    def _draw_faces(self, painter: QPainter, rect: QRectF) -> None:
+        boxes = self.face_rects(rect)
+        for i, box in enumerate(boxes):
+            on = self.enabled[i] if i < len(self.enabled) else True
             pen = QPen(QColor(60, 200, 120) if on else QColor(200, 200, 200), 2)
             if not on:
                 pen.setStyle(Qt.PenStyle.DashLine)
             painter.setPen(pen)
             painter.setBrush(Qt.BrushStyle.NoBrush)
-            painter.drawRect(box)
-            self._label(painter, box.topLeft() + QPointF(0, -24), f"Face {i + 1}: {'protect' if on else 'skip'}")
+            painter.drawRect(box.adjusted(1, 1, -1, -1))  # the pen stays inside the image
+        for i, where in enumerate(self.label_rects(rect, boxes)):
+            self._label(painter, where.topLeft(), self.face_label(i))
 
     def _label(self, painter: QPainter, pos: QPointF, text: str, right: bool = False) -> None:
         painter.save()
-        font = QFont(self.font())
-        font.setPointSizeF(max(8.0, font.pointSizeF() * 0.95))
-        painter.setFont(font)
+        painter.setFont(self.font())
         metrics = painter.fontMetrics()
         w, h = metrics.horizontalAdvance(text) + 12, metrics.height() + 6
         x = pos.x() - w if right else pos.x()
@@ -328,9 +398,7 @@ class PreviewWidget(QWidget):
         if self._drag == "pan" and moved < 4:
             index = self.face_at(pos)
             if index is not None and index < len(self.enabled):
-                self.enabled[index] = not self.enabled[index]
-                self.faceToggled.emit(index, self.enabled[index])
-                self.update()
+                self.faceToggled.emit(index, not self.enabled[index])
         self._drag = None
 
     def wheelEvent(self, event: QWheelEvent) -> None:

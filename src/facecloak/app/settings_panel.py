@@ -64,7 +64,7 @@ class SettingsPanel(QWidget):
             self.device.addItem(name if name in devices else f"{name} (not found)", name)
             if name not in devices:
                 self.device.model().item(self.device.count() - 1).setEnabled(False)
-        self.device.setToolTip("Where the computation runs. Found on this machine: " + ", ".join(devices))
+        self.device.setToolTip("Where the computation runs; a GPU is much faster. Found here: " + ", ".join(devices))
         form.addRow("Device", self.device)
         self.measure = QCheckBox("Measure protection (report)")
         self.measure.setToolTip("After protecting, test the photo on held-out recognisers the change never saw")
@@ -140,6 +140,7 @@ class SettingsPanel(QWidget):
         self.format.addItem("same as input", "same")
         self.format.addItem("JPEG", "jpeg")
         self.format.addItem("PNG (lossless)", "png")
+        self.format.setToolTip("File format of the protected copies; PNG keeps every pixel of the change")
         oform.addRow("Format", self.format)
         self.quality = QSpinBox()
         self.quality.setRange(0, 100)
@@ -150,8 +151,12 @@ class SettingsPanel(QWidget):
         self.strip.setToolTip("On by default: metadata can identify you as well as your face")
         oform.addRow(self.strip)
         self.overwrite = QCheckBox("Replace existing protected copies")
+        self.overwrite.setToolTip(
+            "Off: FaceCloak asks before replacing a file with the protected copy's name. Originals are never replaced."
+        )
         oform.addRow(self.overwrite)
         self.save_report = QCheckBox("Save the report (JSON + PNG) next to each photo")
+        self.save_report.setToolTip("Write each photo's protection report beside its protected copy")
         oform.addRow(self.save_report)
         outer.addWidget(out)
         self.note = QLabel()
