@@ -312,11 +312,11 @@ def test_cached_lpips_backbone_joins_the_perceptual_term(
     assert dssim_only.lpips is None and "LPIPS" not in dssim_only.perceptual_terms
 
     region = working_region(astronaut_photo, astronaut_faces[0], with_lpips.config, with_lpips.device)
-    clean = with_lpips._clean_embeddings(region)
+    target = with_lpips._target(region)
     delta = 4 / 255 * torch.randn(region.clean.shape, generator=torch.Generator().manual_seed(0)) * region.mask
 
     def step_gradient(cloak: Cloak) -> torch.Tensor:
-        return cloak._gradient(region, delta, clean, [Transform()], [None])[3]
+        return cloak._gradients([target], [delta], [Transform()], [[None]])[0].grad
 
     def distance(change: torch.Tensor) -> torch.Tensor:
         protected = _quantise((region.clean + change * region.mask).clamp(0, 1))
@@ -470,3 +470,158 @@ def test_large_faces_get_the_upsampled_budget_on_their_working_copy(
     assert max(working) > 0.9 * factor * 0.002  # the budget binds, so the factor is what lets it grow
     assert 0 < result.face_dssim[0] <= 0.002
     assert float(dssim(result.photo, photo)[0]) < 0.002  # measured from scratch on the whole photo
+
+
+# -- the batched (GPU-shaped) execution, rehearsed on the CPU ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_faces(astronaut_photo, detector):
+    """The astronaut beside her mirror image: a photo with two faces."""
+    photo = torch.cat([astronaut_photo, astronaut_photo.flip(-1)], dim=-1)
+    faces = detector.detect(photo)
+    assert len(faces) == 2
+    return photo, faces
+
+
+def steps_into(seen: list[int]):
+    """A progress callback that notes each step."""
+    return lambda step, total, loss: seen.append(step)
+
+
+def test_execution_is_batched_on_cuda_only_and_groups_faces():
+    from facecloak.core.attack.execution import Execution
+
+    assert Execution.for_device(torch.device("cpu"), CloakConfig()) == Execution()
+    assert Execution().groups(3) == [range(0, 1), range(1, 2), range(2, 3)]
+    assert Execution(batched=True, max_faces=2).groups(5) == [range(0, 2), range(2, 4), range(4, 5)]
+    with pytest.raises(ValueError, match="max_faces"):
+        Execution(batched=True, max_faces=0)
+
+
+def test_batched_surrogates_see_every_face_in_one_batch(surrogate, two_faces):
+    from facecloak.core.attack.execution import Execution
+
+    photo, faces = two_faces
+    batches: list[int] = []
+    hook = surrogate.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    config = small_config(steps=2, views_per_step=2)
+    try:
+        for execution in (Execution(), Execution(batched=True), Execution(batched=True, max_faces=1)):
+            Cloak([surrogate], config, execution=execution)(photo, faces)
+    finally:
+        hook.remove()
+    # each face's clean embedding, then per step: face by face two views each, or both faces' views at once
+    assert batches == [*(1, 1, 2, 2, 2, 2), *(1, 1, 4, 4), *(1, 1, 2, 2, 2, 2)]
+
+
+def test_batched_execution_protects_like_face_by_face(surrogate, two_faces):
+    """The GPU's way on the CPU: same steps reported, each face inside its budget and its region, and about the
+    same protection and the same change as face by face (float rounding, the budget grid and the crop's
+    antialiasing differ)."""
+    from facecloak.core.attack.execution import Execution
+
+    photo, faces = two_faces
+    config = small_config(steps=6)
+    results = {}
+    for label, execution in (("cpu", Execution()), ("batched", Execution(batched=True))):
+        seen: list[int] = []
+        result = Cloak([surrogate], config, execution=execution)(photo, faces, progress=steps_into(seen))
+        assert seen == [1, 2, 3, 4, 5, 6] and [m.step for m in result.steps] == seen
+        assert all(0 < d <= config.dssim_budget for d in result.face_dssim)
+        changed = (result.photo != photo).any(dim=1)[0]
+        for face in faces:
+            y0, y1, x0, x1 = face_region_bounds(face, *photo.shape[-2:])
+            changed[y0:y1, x0:x1] = False
+        assert not changed.any()
+        with torch.no_grad():
+            clean = surrogate(surrogate.aligner(photo, faces))
+            protected = surrogate(surrogate.aligner(result.photo, faces))
+        results[label] = ((clean * protected).sum(dim=1), result.photo - photo)
+    (sims_cpu, change_cpu), (sims_batched, change_batched) = results["cpu"], results["batched"]
+    assert torch.all(sims_batched < 0.9) and torch.allclose(sims_batched, sims_cpu, atol=0.05), (sims_cpu, sims_batched)
+    cosine = torch.nn.functional.cosine_similarity(change_cpu.flatten(), change_batched.flatten(), dim=0)
+    assert float(cosine) > 0.5  # measured: 0.8
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_run_that_meets_its_album_goal_keeps_that_steps_change(surrogate, astronaut_photo, detector, batched):
+    """Batched, a step's numbers are read a step late; a run stopping on its album goal must still end on the change
+    of the step that met it: exactly the photo of a run told to take that many steps from the same start."""
+    from facecloak.core.attack.execution import Execution
+
+    execution = Execution(batched=batched)
+    first = Cloak([surrogate], small_config(steps=6), execution=execution)
+    first(astronaut_photo, detector.detect(astronaut_photo))
+    key, change, _ = first.memory.entries[0]
+    first.memory.entries[:] = [(key, change, 1.0)]  # already matched: stop at the least share, 3 of 6 steps
+    shifted = torch.roll(astronaut_photo, shifts=(3, -4), dims=(-2, -1))
+    shifted_faces = detector.detect(shifted)
+    seen: list[int] = []
+    stopped = first(shifted, shifted_faces, progress=lambda step, total, loss: seen.append(step))
+    assert stopped.warm_started and len(stopped.steps) == 3 and seen == [1, 2, 3]
+    told = Cloak([surrogate], small_config(steps=6, warm_start=False), execution=execution)
+    three = told(shifted, shifted_faces, init=[change])  # an explicit start runs the least share, no goal
+    assert len(three.steps) == 3
+    assert torch.equal(stopped.photo, three.photo)
+
+
+@pytest.mark.parametrize("quantise", [False, True])
+def test_budget_search_on_the_device_lands_just_under_the_budget(astronaut_photo, quantise):
+    from facecloak.core.attack.budget import _largest_within_on_device
+
+    clean = astronaut_photo[..., 100:228, 160:288]
+    change = 0.08 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    to_clean = DSSIMTo(clean, torch.ones_like(clean[:, :1]))
+    measured: list[int] = []
+
+    def measure(gammas: torch.Tensor) -> torch.Tensor:
+        measured.append(len(gammas))
+        x = (clean + gammas.view(-1, 1, 1, 1) * change).clamp(0, 1)
+        return to_clean(torch.round(x * 255) / 255 if quantise else x)
+
+    gamma = _largest_within_on_device(measure, 0.005, clean)
+    assert gamma.dim() == 0 and 0 < float(gamma) < 1
+    assert measured == [1, 8, 8, 8]  # one batch per round, no value read in between
+    value = float(measure(gamma.view(1))[0])
+    assert 0.99 * 0.005 <= value <= 0.005
+    host_gamma, _ = _budget_scale(change, clean, to_clean, 0.005)
+    if not quantise:
+        assert float(gamma) == pytest.approx(host_gamma, rel=0.02)
+    small = _largest_within_on_device(lambda g: to_clean(clean + g.view(-1, 1, 1, 1) * 0.1 * change), 0.5, clean)
+    assert float(small) == 1.0  # under budget: left alone
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 11])
+def test_device_median_matches_opencv_and_routes_the_gradient(kernel):
+    from facecloak.core.attack.batched import MEDIAN_STRIP_ROWS, median_blur
+    from facecloak.core.transforms import median_blur_8bit, opencv_median
+
+    generator = torch.Generator().manual_seed(kernel)
+    images = torch.randint(0, 256, (1, 3, MEDIAN_STRIP_ROWS + 37, 53), generator=generator).float().div(255)
+    images.requires_grad_(True)
+    out = median_blur(images, kernel)
+    assert torch.equal(out.detach(), opencv_median(images.detach(), kernel))  # strips join seamlessly
+    upstream = torch.rand(out.shape, generator=generator)
+    (grad,) = torch.autograd.grad(out, images, upstream)
+    (reference,) = torch.autograd.grad(median_blur_8bit(images, kernel), images, upstream)
+    assert float(grad.sum()) == pytest.approx(float(upstream.sum()), rel=1e-5)  # each output's gradient lands once
+    assert float((grad - reference).abs().sum()) < 0.5 * float(upstream.sum())  # the same pixels but on ties
+
+
+def test_warped_views_match_the_region_crops(surrogate, astronaut_photo, astronaut_faces):
+    """The batched crop (whole working copy antialiased, one warp for all views) gives the crops of
+    ``warp_crops`` (each crop's own region) to within antialiasing at that region's edge."""
+    from facecloak.core.attack.batched import warp_views
+
+    large_photo, large_face = enlarged(astronaut_photo, astronaut_faces[0], 3)  # downscaled copy: antialias path
+    cloak = Cloak([surrogate], small_config())
+    for photo, face in ((astronaut_photo, astronaut_faces[0]), (large_photo, large_face)):
+        region = working_region(photo, face, cloak.config, cloak.device)
+        shifts = [None, 2.0 * torch.randn(5, 2, generator=torch.Generator().manual_seed(1)).numpy()]
+        images = torch.cat([region.clean, region.clean.flip(-1)])
+        matrices = __import__("numpy").stack([cloak._matrix(surrogate, region, shift) for shift in shifts])
+        batched = warp_views(images, matrices, surrogate.input_size)
+        for i, shift in enumerate(shifts):
+            single = cloak._crops(surrogate, region, [images[i : i + 1]], [shift])
+            assert (batched[i] - single[0]).abs().mean() < 5e-3  # measured: up to 2.5e-3 (1/400 of the range)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
 
 from facecloak.bench.common import add_bench_parsers
 from facecloak.core.zoo.manifest import load_manifest, manifest_path
@@ -258,7 +259,7 @@ def test_benchmarks_ending_together_keep_every_section(tmp_path):
 
 
 def test_model_speed_on_some_models_keeps_the_other_rows():
-    from facecloak.bench import common as module
+    from facecloak.bench import speed as module
 
     full = [("dlib_resnet", "150x150", 31.0, 126.0), ("sface", "112x112", 53.0, 457.0)]
     previous = module.model_speed_table(full, 5)
@@ -316,3 +317,91 @@ def test_protection_headings_name_the_preset_and_the_photos():
     assert protection_key({"preset": "high", "overrides": overrides, "data": ["/d/lfw"]}) == (
         "protect-high-dssim_budget0.025-epsilon24_255-lfw"
     )
+
+
+def astronaut_file(folder: Path) -> Path:
+    from PIL import Image
+    from skimage.data import astronaut
+
+    path = folder / "astronaut.png"
+    Image.fromarray(astronaut()).save(path)
+    return path
+
+
+def test_speed_benchmark_times_every_stage_with_random_weights(tmp_path, monkeypatch, capsys):
+    """No model cache needed (an empty one is named): every stage of one photo is timed, seconds per face given,
+    the random weights said, and the JSON rows add up."""
+    monkeypatch.setenv("FACECLOAK_CACHE", str(tmp_path / "empty-cache"))
+    out, page = tmp_path / "speed.json", tmp_path / "BENCHMARKS.md"
+    argv = [
+        "bench", "speed", "--photo", str(astronaut_file(tmp_path)), "--random-weights", "--presets", "low",
+        "--set", "steps=2", "--set", "views_per_step=1", "--ensemble", "mobileface", "--evaluators", "openface",
+        "--device", "cpu", "--output", str(out), "--results", str(page),
+    ]  # fmt: skip
+    assert bench(argv) == 0
+    printed = capsys.readouterr().out
+    assert "random weights of each model's true architecture" in printed
+    summary = json.loads(out.read_text())
+    assert summary["random_weights"] is True and summary["device"].startswith("CPU")
+    (row,) = summary["rows"]
+    assert list(row["seconds"]) == ["load", "detect", "attack", "compose", "export", "report"]
+    assert row["faces"] == 1 and row["photo"] == "512x512" and row["peak_gpu_mb"] is None
+    assert row["total"] == pytest.approx(sum(row["seconds"].values()))
+    assert row["per_face"] == pytest.approx(row["total"])
+    assert all(value > 0 for value in row["seconds"].values())
+    text = page.read_text()
+    section = text[text.index("<!-- speed-random:start -->") : text.index("<!-- speed-random:end -->")]
+    assert (
+        "| preset | photo | faces | load (s) | detect (s) | attack (s) | compose (s) | export (s) | report (s)"
+        in section
+    )
+    assert "Share of the time per stage: low: load " in section and "random weights" in section
+    assert not list(tmp_path.glob("*_cloaked*"))  # the protected copy went to a temporary folder
+
+
+def test_speed_benchmark_refuses_bad_input_before_any_work(tmp_path, capsys):
+    photo = astronaut_file(tmp_path)
+    assert bench(["bench", "speed", "--photo", str(photo), "--random-weights", "--set", "stepz=2"]) == 2
+    assert "--set: unknown knob stepz" in capsys.readouterr().err
+    assert bench(["bench", "speed", "--photo", str(photo), "--repeats", "0"]) == 2
+    assert "--repeats must be at least 1" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert bench(["bench", "speed", "--photo", str(photo), "--random-weights", "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "device 'cuda' is not available here" in err and "Traceback" not in err
+
+
+def test_random_weights_build_each_true_architecture_without_the_cache(tmp_path, monkeypatch):
+    """Random-weight models have the cached models' exact parameter shapes and give finite embeddings and
+    gradients; the report's evaluator built inside ``random_weights_loader`` takes them."""
+    from facecloak.bench.speed import random_weights_loader, random_weights_model
+    from facecloak.core.report import ProtectionEvaluator
+
+    monkeypatch.setenv("FACECLOAK_CACHE", str(tmp_path / "empty-cache"))
+    manifest = load_manifest()
+    for name in ("mobileface", "openface", "edgeface_s"):
+        model = random_weights_model(name)
+        assert model.random_weights and model.name == name
+        crops = torch.rand(2, 3, *model.input_size, requires_grad=True)
+        embeddings = model(crops)
+        assert embeddings.shape == (2, manifest[name].embedding_dim) and torch.isfinite(embeddings).all()
+        embeddings[0].sum().backward()
+        assert torch.isfinite(crops.grad).all() and crops.grad.abs().sum() > 0
+    graph = random_weights_model("mobileface").network  # a listing's constants start as zeros
+    assert all(float(p.abs().sum()) > 0 for p in graph.parameters() if p.numel() > 1)
+    with random_weights_loader():
+        evaluator = ProtectionEvaluator(["openface"], device="cpu")
+    assert [m.name for m in evaluator.models] == ["openface"] and evaluator.models[0].random_weights
+    from facecloak.core.zoo.registry import cache_status
+
+    assert not cache_status(manifest["openface"]).ready  # the loader's stand-ins are gone again
+
+
+def test_model_speed_times_random_weights_on_a_named_device(tmp_path, capsys):
+    out = tmp_path / "models.json"
+    argv = ["bench", "models", "--models", "mobileface", "--repeats", "1", "--random-weights", "--output", str(out)]
+    assert bench(argv) == 0
+    (row,) = json.loads(out.read_text())
+    assert row[0] == "mobileface" and row[1] == "112x112" and row[2] > 0 and row[3] > 0
+    printed = capsys.readouterr().out
+    assert "### Model speed: forward + backward on the CPU" in printed and "random weights" in printed

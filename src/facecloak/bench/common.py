@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,14 +31,15 @@ from ..core.files import replace_atomically
 
 DATA_ENV = "FACECLOAK_DATA"
 DATA_VARIABLE = f"${DATA_ENV}"  # how commands on the results page name the data folder
-SPEED_PHOTO = Path("people") / "person_02" / "img49.jpg"  # the speed benchmark's photo, inside the data folder
 NEW_PAGE = "# FaceCloak benchmarks\n"
 
 # Groups of the results page, in page order; a missing section is created at the end of its group.
 PROTECTION_GROUP = "## Protection by preset"
 SPEED_GROUP = "## Speed"
+TRANSFER_GROUP = "## Transfer matrix"
 THRESHOLDS_GROUP = "## Thresholds: the models on LFW"
-_GROUP_OF_KEY = (("protect-", PROTECTION_GROUP), ("speed", SPEED_GROUP), ("album", SPEED_GROUP))
+_GROUP_OF_KEY = (("protect-", PROTECTION_GROUP), ("transfer-", TRANSFER_GROUP))
+_GROUP_OF_KEY += (("speed", SPEED_GROUP), ("album", SPEED_GROUP))
 _GROUP_OF_KEY += (("model-speed", SPEED_GROUP), ("lfw", THRESHOLDS_GROUP))
 
 # Options that name where results go: they do not change a number, and their paths are this machine's.
@@ -48,7 +48,6 @@ _OUTPUT_FLAGS = ("--write-manifest",)  # the older way to store LFW thresholds, 
 
 _HEADING = re.compile(r"^(#{1,6}) ")
 _MARKER = re.compile(r"^<!-- (.+):(start|end) -->$")
-_SPEED_ROW = re.compile(r"^\| (\w+) \| (\d+x\d+) \| (\d+) \| (\d+) \| \d+ \|$")
 
 
 class BenchInputError(Exception):
@@ -387,161 +386,6 @@ def lfw_table(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-# --- bench models ----------------------------------------------------------------------------------------------
-
-
-def model_speed_table(rows: list[tuple[str, str, float, float]], repeats: int, previous: str = "") -> str:
-    """The model-speed section. ``previous`` is the section already on the page when only some models were
-    measured: the other models' rows are kept and both commands named."""
-    command = f"`{this_command(None)}` ({machine_line()}); median of {repeats} runs"
-    header = f"Command: {command}."
-    measured = {row[0]: row for row in rows}
-    kept = {}
-    for line in previous.splitlines():
-        if line.startswith("Command:"):
-            header = f"{line.rstrip('.')}; rows of {', '.join(measured)} re-measured by {command}."
-        elif match := _SPEED_ROW.match(line):
-            name, size, one, eight = match.groups()
-            kept[name] = (name, size, float(one), float(eight))
-    merged = [measured[name] if name in measured else kept[name] for name in _zoo_order([*kept, *measured])]
-    lines = [
-        "### Model speed: forward + backward on the CPU",
-        "",
-        header,
-        "",
-        "| model | input | 1 face (ms) | batch of 8 (ms) | per face in batch (ms) |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [f"| {n} | {s} | {a:.0f} | {b:.0f} | {b / 8:.0f} |" for n, s, a, b in merged]
-    return "\n".join(lines)
-
-
-def _zoo_order(names: list[str]) -> list[str]:
-    from ..core.zoo.manifest import load_manifest
-
-    order = {name: i for i, name in enumerate(load_manifest())}
-    return sorted(set(names), key=lambda n: (order.get(n, len(order)), n))
-
-
-def _time_it(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-@reports_input_errors
-def run_model_speed_benchmark(args: argparse.Namespace) -> int:
-    from ..core.zoo.registry import load_model
-
-    check_results_page(args.results)
-    configure_cpu_threads()
-    rows = []
-    for name in _ready_models(args.models):
-        model = load_model(name)
-        h, w = model.input_size
-        timings = []
-        for batch in (1, 8):
-            crops = torch.rand(batch, 3, h, w, requires_grad=True)
-
-            def step(crops=crops, model=model):
-                crops.grad = None
-                model(crops).sum().backward()
-
-            timings.append(_time_it(step, args.repeats))
-        rows.append((name, f"{w}x{h}", timings[0] * 1000, timings[1] * 1000))
-        print(f"{name}: forward+backward {timings[0] * 1000:.0f} ms (1 face), {timings[1] * 1000:.0f} ms (8 faces)")
-    previous = read_markdown_section(args.results, "model-speed") if args.models else ""
-    table = model_speed_table(rows, args.repeats, previous)
-    print("\n" + table)
-    write_section(args.results, "model-speed", table)
-    if args.output:
-        write_json(args.output, rows)
-    return 0
-
-
-# --- bench speed -----------------------------------------------------------------------------------------------
-
-
-def _resize_to_megapixels(photo: torch.Tensor, megapixels: float) -> torch.Tensor:
-    """The photo resampled to about ``megapixels`` (to measure memory on 24 MP without such a file)."""
-    import math
-
-    import torch.nn.functional as F
-
-    h, w = photo.shape[-2:]
-    scale = math.sqrt(megapixels * 1e6 / (h * w))
-    return F.interpolate(photo, size=(round(h * scale), round(w * scale)), mode="bilinear", align_corners=False)
-
-
-def speed_heading(width: int, height: int, photo_name: str, faces: int) -> str:
-    return f"### Protecting one {width * height / 1e6:.1f} MP photo (`{photo_name}`, {faces} face(s)), per preset"
-
-
-@reports_input_errors
-def run_speed_benchmark(args: argparse.Namespace) -> int:
-    """Seconds to protect the faces of one real photo per preset, detection included; peak memory."""
-    import resource
-
-    from ..core.attack import preset
-    from ..core.image import load_image
-    from ..core.protect import Protector
-
-    if args.repeats < 1:
-        raise BenchInputError("--repeats must be at least 1")
-    photo_path = args.photo or data_root(args.data) / SPEED_PHOTO
-    if not photo_path.is_file():
-        raise BenchInputError(f"{photo_path} not found (pass --photo, or --data DIR holding {SPEED_PHOTO})")
-    check_results_page(args.results)
-    configure_cpu_threads()
-    rows = []
-    for name in args.presets:
-        protector = Protector(preset(name), ensemble=args.ensemble, device=args.device)
-        for run in range(args.repeats + 1):  # the first run warms caches and is not counted
-            # every counted run starts cold: a remembered face would warm-start and halve the steps
-            # (the album case, measured by 'bench album')
-            protector.cloak.memory.clear()
-            t0 = time.perf_counter()
-            photo = load_image(photo_path)
-            if args.megapixels:
-                photo = _resize_to_megapixels(photo, args.megapixels)
-            t1 = time.perf_counter()
-            faces = protector.detector.detect(photo)[: args.faces]
-            t2 = time.perf_counter()
-            result = protector.protect_tensor(photo, faces)
-            t3 = time.perf_counter()
-            if run > 0:
-                rows.append((name, photo.shape[-1], photo.shape[-2], len(faces), t1 - t0, t2 - t1, t3 - t2, t3 - t0))
-                print(
-                    f"{name}: {photo.shape[-1]}x{photo.shape[-2]}, {len(faces)} face(s): load {t1 - t0:.1f} s, "
-                    f"detect {t2 - t1:.1f} s, protect {t3 - t2:.1f} s, total {t3 - t0:.1f} s, face DSSIM "
-                    f"{max(result.face_dssim):.4f}",
-                    flush=True,
-                )
-            # the peak RSS is one photo's: the previous run's photos are gone before the next is read
-            del photo, result
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS {peak:.0f} MB")
-    root = args.data or env_data_root()
-    lines = [
-        speed_heading(rows[0][1], rows[0][2], photo_path.name, rows[0][3]),
-        "",
-        f"Command: `{this_command(root)}` ({machine_line()}); photo `{portable_path(photo_path, root)}`; ensemble "
-        f"{', '.join(protector.ensemble_names)}; detection included, every counted run cold (no warm start from an "
-        f"earlier photo). Peak RSS of the whole run: {peak:.0f} MB.",
-        "",
-        "| preset | photo | faces | load (s) | detect (s) | protect (s) | total (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    lines += [f"| {p} | {w}x{h} | {n} | {a:.1f} | {b:.1f} | {c:.1f} | {d:.1f} |" for p, w, h, n, a, b, c, d in rows]
-    print("\n" + "\n".join(lines))
-    write_section(args.results, f"speed-{args.megapixels:g}mp" if args.megapixels else "speed", "\n".join(lines))
-    return 0
-
-
 # --- the command line ------------------------------------------------------------------------------------------
 
 _RESULTS_HELP = (
@@ -579,42 +423,9 @@ def _add_lfw_arguments(lfw: argparse.ArgumentParser) -> None:
     add_results_argument(lfw)
 
 
-def _add_speed_arguments(speed: argparse.ArgumentParser) -> None:
-    add_data_argument(
-        speed,
-        f"folder holding {SPEED_PHOTO.as_posix()}, the photo timed unless --photo is given (default: ${DATA_ENV})",
-    )
-    speed.add_argument(
-        "--photo", type=Path, default=None, help=f"photo to time (default: {SPEED_PHOTO.as_posix()} of the data folder)"
-    )
-    speed.add_argument(
-        "--presets", nargs="+", default=["low", "mid", "high"], help="presets to time (default: low mid high)"
-    )
-    speed.add_argument("--faces", type=int, default=1, help="protect at most this many faces (default: 1)")
-    speed.add_argument("--repeats", type=int, default=1, help="timed runs per preset (default: 1)")
-    speed.add_argument(
-        "--megapixels", type=float, default=None, help="resample the photo to this size first (default: as it is)"
-    )
-    speed.add_argument("--ensemble", nargs="+", default=None, help="attack models (default: the manifest's)")
-    speed.add_argument(
-        "--device",
-        default="auto",
-        choices=["auto", "cpu", "cuda", "mps"],
-        help="auto takes CUDA, then Apple MPS, then the CPU (default: auto)",
-    )
-    add_results_argument(speed)
-
-
-def _add_model_speed_arguments(models: argparse.ArgumentParser) -> None:
-    models.add_argument("--models", nargs="*", help="models to time (default: every ready model)")
-    models.add_argument("--repeats", type=int, default=5, help="timed runs per model (default: 5)")
-    models.add_argument("--output", type=Path, default=None, help="write the results as JSON here (default: none)")
-    add_results_argument(models)
-
-
 def add_bench_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``facecloak bench`` and its subcommands on the command line's ``subparsers``."""
-    from . import protect, tune
+    from . import protect, speed, transfer, tune
 
     bench = subparsers.add_parser(
         "bench", help="benchmarks: print numbers; --results PAGE updates that page's section (docs/BENCHMARKS.md)"
@@ -635,17 +446,28 @@ def add_bench_parsers(subparsers: argparse._SubParsersAction) -> None:
             tune.run_tune_benchmark,
         ),
         (
+            "transfer",
+            "transfer matrix: protection on models left out of the attack (never the evaluators)",
+            transfer.add_arguments,
+            transfer.run_transfer_benchmark,
+        ),
+        (
             "album",
             "album warm starts: time and protection, cold vs warm",
             protect.add_album_arguments,
             protect.run_album_benchmark,
         ),
-        ("speed", "seconds to protect one real photo per preset", _add_speed_arguments, run_speed_benchmark),
+        (
+            "speed",
+            "seconds per face to protect one real photo per preset, stage by stage, on the CPU or a GPU",
+            speed.add_speed_arguments,
+            speed.run_speed_benchmark,
+        ),
         (
             "models",
-            "CPU time of forward+backward per model, 1 face and a batch",
-            _add_model_speed_arguments,
-            run_model_speed_benchmark,
+            "time of forward+backward per model, 1 face and a batch, on the CPU or a GPU",
+            speed.add_model_speed_arguments,
+            speed.run_model_speed_benchmark,
         ),
     ]
     for name, help_text, add_arguments, run in commands:

@@ -79,3 +79,45 @@ def configure_cpu_threads(threads: int | None = None) -> int:
     except ImportError:  # pragma: no cover - cv2 is a dependency
         pass
     return threads
+
+
+def device_label(device: torch.device | str) -> str:
+    """The device as the settings and benchmarks name it, e.g. ``NVIDIA H200 (CUDA, 140 GB)`` or ``CPU (2 threads)``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return f"{props.name} (CUDA, {props.total_memory / 1e9:.0f} GB)"
+    if device.type == "mps":
+        return "Apple GPU (MPS)"
+    return f"CPU ({torch.get_num_threads()} thread(s))"
+
+
+def cuda_has_bf16(device: torch.device | str) -> bool:
+    """Native bfloat16 on this CUDA GPU (compute capability 8.0 and later: A100, RTX 30xx, H100 ...); older GPUs
+    only emulate it, slower than float32."""
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the work queued on ``device`` (GPU work is asynchronous: a clock read without it measures the
+    queueing, not the work). Nothing to wait for on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def reset_memory_peak(device: torch.device | str) -> None:
+    """Start a new peak of :func:`memory_peak` (CUDA only; a no-op elsewhere)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def memory_peak(device: torch.device | str) -> int | None:
+    """Bytes of device memory held by tensors at the peak since :func:`reset_memory_peak`; None off CUDA."""
+    device = torch.device(device)
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None

@@ -82,6 +82,49 @@ def project_into_budget(
     return delta * gamma
 
 
+def _largest_within_on_device(
+    measure: Callable[[torch.Tensor], torch.Tensor],
+    budget: float,
+    like: torch.Tensor,
+    spreads: tuple[float, ...] = (0.3, 0.05, 0.01),
+    count: int = 8,
+) -> torch.Tensor:
+    """:func:`_largest_within` without reading a value back: a 0-dim tensor ``gamma`` in [0, 1] on ``like``'s device.
+
+    ``measure(gammas)`` takes a 1-D tensor of scales and returns their measures, all in one batch. As the host's
+    search, each round interpolates in ``gamma**2`` between the closest scales under and over the budget; it then
+    measures ``count`` scales around that estimate at once (``gamma**2`` within +-30%, then 5%, then 1%) and keeps
+    the closest under and over. ``gamma`` is 1 when the whole change fits, else the largest scale measured within the
+    budget (0 at worst).
+    """
+    one = torch.ones(1, dtype=like.dtype, device=like.device)
+    full = measure(one)[0]
+    lo, lo_value, hi, hi_value = one[0] * 0, one[0] * 0, one[0], full  # the bracket, in gamma**2
+    steps = torch.linspace(-1, 1, count, dtype=like.dtype, device=like.device)
+    for spread in spreads:
+        estimate = lo + (budget - lo_value) * (hi - lo) / (hi_value - lo_value).clamp_min(1e-12)
+        squares = torch.minimum(torch.maximum(estimate * (1 + spread * steps), lo), hi)
+        values = measure(squares.sqrt())
+        within = values <= budget
+        lo, lo_value = torch.where(within, squares, lo).amax(), torch.where(within, values, lo_value).amax()
+        hi, hi_value = torch.where(within, hi, squares).amin(), torch.where(within, hi_value, values).amin()
+    return torch.where(full <= budget, one[0], lo.sqrt())
+
+
+def project_into_budget_on_device(
+    delta: torch.Tensor, region: _FaceRegion, epsilon: float, chroma_epsilon: float
+) -> torch.Tensor:
+    """:func:`project_into_budget` for the batched attack: the same caps, and the budget scale found by
+    :func:`_largest_within_on_device`, so nothing waits for the device."""
+    delta = _project(delta, region.clean, region.allowance, epsilon, chroma_epsilon)
+    change = delta * region.mask
+
+    def measure(gammas: torch.Tensor) -> torch.Tensor:
+        return region.to_clean((region.clean + gammas.view(-1, 1, 1, 1) * change).clamp_(0, 1))
+
+    return delta * _largest_within_on_device(measure, region.budget, delta)
+
+
 class _BilinearUpsampler:
     """Windows of ``F.interpolate(images, size, mode="bilinear", align_corners=False)`` without the rest: a face's
     change is upsampled onto megapixels of photo a strip of rows at a time."""
