@@ -85,3 +85,29 @@ def batch_and_gradient_check():
         return crops.grad
 
     return check
+
+
+# -- the app's fast fake engine (tests/app_fakes.py) ---------------------------------------------------------------
+
+
+@pytest.fixture
+def engine(monkeypatch):
+    from app_fakes import FakeEngine, install_fakes
+
+    engine = FakeEngine()
+    install_fakes(engine, monkeypatch.setattr)
+    return engine
+
+
+@pytest.fixture
+def photos(tmp_path) -> list[Path]:
+    from app_fakes import make_photos
+
+    return make_photos(tmp_path / "photos")
+
+
+@pytest.fixture
+def out_dir(tmp_path) -> Path:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    return folder

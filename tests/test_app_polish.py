@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from app_fakes import open_window
 from PIL import Image
-from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDragLeaveEvent, QDropEvent
 from PySide6.QtWidgets import QApplication
-from test_app_close import FakeEngine, install_fakes, make_photos
 
 from facecloak.app import window as window_module
 from facecloak.app.album import STATUS_ROLE
@@ -22,35 +22,9 @@ from facecloak.app.window import MainWindow
 
 
 @pytest.fixture
-def engine(monkeypatch) -> FakeEngine:
-    engine = FakeEngine()
-    install_fakes(engine, monkeypatch.setattr)
-    return engine
-
-
-@pytest.fixture
-def photos(tmp_path) -> list[Path]:
-    return make_photos(tmp_path / "photos")
-
-
-@pytest.fixture
-def out_dir(tmp_path) -> Path:
-    folder = tmp_path / "out"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def window(qapp, qtbot, tmp_path, engine, photos, out_dir):
-    win = MainWindow(QSettings(str(tmp_path / "facecloak.ini"), QSettings.Format.IniFormat))
-    win.settings_panel.output_dir.setText(str(out_dir))
-    win.settings_panel.measure.setChecked(False)
-    win.show()
-    win.add_paths(photos)
-    qtbot.waitUntil(lambda: all(e.faces is not None for e in win.entries.values()), timeout=20000)
-    yield win
-    win.ask_quit = lambda _question: True  # never leave a modal question open at teardown
-    win.close()
+def window(qtbot, tmp_path, engine, photos, out_dir):
+    with open_window(qtbot, tmp_path, photos, out_dir, measure=False) as win:
+        yield win
 
 
 def key_of(window: MainWindow, stem: str) -> str:
