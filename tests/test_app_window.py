@@ -281,3 +281,21 @@ def test_an_ensemble_saved_against_an_older_default_falls_back_to_todays(window,
     kept = SettingsPanel(panel.store, window.manifest, window.roles, window.devices)
     assert [n for n, b in kept.ensemble_boxes.items() if b.isChecked()] == offered[:1]
     panel.store.setValue("run/ensemble", offered)
+
+
+def test_the_device_setting_names_the_hardware_that_runs_the_attack(window, monkeypatch):
+    from facecloak.app.settings_panel import SettingsPanel
+    from facecloak.core import device as device_module
+
+    panel = window.settings_panel
+    texts = [panel.device.itemText(i) for i in range(panel.device.count())]
+    assert texts[0] == f"auto: {device_module.device_label(window.devices[0])}"
+    assert f"cpu: {device_module.device_label('cpu')}" in texts
+    assert device_module.device_label("cpu").startswith("CPU (")
+    # a machine with a GPU: the name of the GPU, not just "cuda"
+    names = {"cuda": "NVIDIA H200 (CUDA, 140 GB)", "cpu": "CPU (2 thread(s))"}
+    monkeypatch.setattr("facecloak.app.settings_panel.device_label", names.__getitem__)
+    gpu = SettingsPanel(panel.store, window.manifest, window.roles, ["cuda", "cpu"])
+    labels = [gpu.device.itemText(i) for i in range(gpu.device.count())]
+    assert labels[0] == "auto: NVIDIA H200 (CUDA, 140 GB)" and "cuda: NVIDIA H200 (CUDA, 140 GB)" in labels
+    assert gpu.device.model().item(labels.index("mps (not found)")).isEnabled() is False

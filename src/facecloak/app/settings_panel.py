@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from facecloak.core.attack import PRESETS
+from facecloak.core.device import device_label
 
 from .model import PRESET_NAMES, RunSettings
 
@@ -59,12 +60,15 @@ class SettingsPanel(QWidget):
         self.preset.setToolTip("\n".join(PRESET_HELP.values()))
         form.addRow("Preset", self.preset)
         self.device = QComboBox()
-        self.device.addItem(f"auto ({devices[0]})", "auto")
+        labels = {name: device_label(name) for name in devices}  # e.g. "NVIDIA H200 (CUDA, 140 GB)"
+        self.device.addItem(f"auto: {labels[devices[0]]}", "auto")
         for name in ("cpu", "cuda", "mps"):
-            self.device.addItem(name if name in devices else f"{name} (not found)", name)
+            self.device.addItem(f"{name}: {labels[name]}" if name in labels else f"{name} (not found)", name)
             if name not in devices:
                 self.device.model().item(self.device.count() - 1).setEnabled(False)
-        self.device.setToolTip("Where the computation runs; a GPU is much faster. Found here: " + ", ".join(devices))
+        self.device.setToolTip(
+            "Where the attack and the report run; a GPU is much faster. Found here: " + ", ".join(labels.values())
+        )
         form.addRow("Device", self.device)
         self.measure = QCheckBox("Measure protection (report)")
         self.measure.setToolTip("After protecting, test the photo on held-out recognisers the change never saw")
