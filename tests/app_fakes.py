@@ -78,10 +78,12 @@ def fake_evaluator_class(engine: FakeEngine) -> type:
             self.models = [FakeModel(engine.pass_s)]
             self.missing: list[str] = []
 
-        def report(self, clean, protected, faces, ensemble, **_kw) -> ProtectionReport:
-            crops = torch.zeros(25, 3, 8, 8)  # one face's crops after the report's 25 degradations
+        def report(self, clean, protected, faces, ensemble, *, should_cancel=None, **_kw) -> ProtectionReport:
+            crops = torch.zeros(25, 3, 8, 8)  # one face's crops after the report's degradations
             for _ in range(engine.report_passes):
-                for model in self.models:
+                for model in self.models:  # the real evaluator polls should_cancel before each forward pass
+                    if should_cancel is not None and should_cancel():
+                        raise CloakCancelled("the report was cancelled")
                     model(crops)
             return ProtectionReport([m.name for m in self.models], list(ensemble), ["none"], [], {})
 

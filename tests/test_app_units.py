@@ -7,19 +7,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 
 from facecloak.app.model import RunSettings
 from facecloak.app.output import export_options
 from facecloak.app.preview import amplified_difference
 from facecloak.app.window import existing_outputs_text, format_eta, run_summary_text
 from facecloak.app.worker import (
-    REPORT_CHUNK,
-    CancellableModel,
     PhotoJob,
     PhotoResult,
-    ReportCancelled,
     RunControl,
     cloak_config,
 )
@@ -84,29 +79,6 @@ def test_closing_cancels_for_good_while_a_run_can_be_reset():
     assert control.should_cancel() is True and not control.paused
     control.reset()  # the end of the cancelled run must not revive requests still queued
     assert control.closing and control.should_cancel() is True
-
-
-def test_report_models_stop_between_chunks_once_cancelled():
-    calls: list[int] = []
-
-    class Model:
-        name = "held_out"
-
-        def __call__(self, crops: torch.Tensor) -> torch.Tensor:
-            calls.append(len(crops))
-            return crops.flatten(1)[:, :2]
-
-    flag = {"cancel": False}
-    model = CancellableModel(Model(), lambda: flag["cancel"])
-    crops = torch.arange(25 * 3 * 2 * 2, dtype=torch.float32).reshape(25, 3, 2, 2)
-    out = model(crops)
-    assert torch.equal(out, crops.flatten(1)[:, :2])  # the same embeddings, computed in chunks
-    assert calls == [REPORT_CHUNK, REPORT_CHUNK, REPORT_CHUNK, 25 - 3 * REPORT_CHUNK]
-    assert model.name == "held_out"  # everything else is the model's own
-    flag["cancel"] = True
-    with pytest.raises(ReportCancelled):
-        model(crops)
-    assert len(calls) == 4  # no forward pass once cancelled
 
 
 def test_photo_results_that_could_not_be_written_are_not_counted_protected(tmp_path):

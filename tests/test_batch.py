@@ -136,7 +136,7 @@ def test_report_is_written_next_to_the_output(tmp_path, astronaut, capsys):
         pytest.skip(f"no evaluator ready for reports: {text.err.strip()[:200]}")
     data = json.loads(report.read_text())
     assert data["ensemble"] == ["sface"] and data["evaluators"] and "sface" not in data["evaluators"]
-    assert "match rate" in text.out
+    assert f"{data['headline']} Own original (worst case): match rate" in text.out  # the threats first
 
 
 def test_resume_with_report_measures_a_photo_protected_earlier_without_protecting_it_again(tmp_path, astronaut, capsys):
@@ -152,7 +152,7 @@ def test_resume_with_report_measures_a_photo_protected_earlier_without_protectin
     if not report.exists():
         pytest.skip(f"no evaluator ready for reports: {text.err.strip()[:200]}")
     assert (output.stat().st_mtime_ns, output.stat().st_ino) == stamp  # measured, not protected again
-    assert f"{source}: done earlier; match rate" in text.out
+    assert f"{source}: done earlier; Search: " in text.out and "Own original (worst case): match rate" in text.out
     assert json.loads(report.read_text())["ensemble"] == ["sface"]
     journal = json.loads((out / JOURNAL_NAME).read_text())
     assert [e["report"] for e in journal["done"].values()] == [report.name]

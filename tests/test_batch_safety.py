@@ -71,11 +71,12 @@ class FakeEvaluator:
         self.measured: list[torch.Tensor] = []
         self.interrupt_after: int | None = None  # simulate a kill after this many reports
 
-    def report(self, clean, written, faces, ensemble, album=()):
+    def report(self, clean, written, faces, ensemble, album=(), **_keywords):
         if self.interrupt_after is not None and len(self.measured) >= self.interrupt_after:
             raise KeyboardInterrupt
         self.measured.append(written)
         return SimpleNamespace(
+            headline="Search: not found. Verification: not linked.",
             match_rate_before=1.0,
             match_rate_after=0.0,
             evaluators=["judge"],
@@ -376,7 +377,10 @@ def test_resume_with_report_writes_the_report_a_kill_left_out_without_protecting
     assert resumed.protector.protected == [album / "p2.png"]  # p1 was not protected a second time
     assert len(resumed.evaluator.measured) == 2  # p1's missing report and p2's
     assert "resuming: 2 photo(s) already done" in text
-    assert f"{album / 'p1.png'}: done earlier; match rate 100% -> 0% on judge" in text
+    assert (
+        f"{album / 'p1.png'}: done earlier; Search: not found. Verification: not linked. Own original (worst case): "
+        "match rate 100% -> 0% on judge" in text
+    )
     for path, stamp in stamps.items():  # p0's copy and report, p1's copy: untouched
         assert (path.stat().st_mtime_ns, path.stat().st_ino) == stamp, path.name
     report = json.loads((out / "p1_cloaked.report.json").read_text())

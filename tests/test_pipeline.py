@@ -252,9 +252,11 @@ def test_a_detached_outcome_is_plain_data(tmp_path, protector):
 class FakeEvaluator:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
+        self.keywords: list[dict] = []
 
-    def report(self, clean, protected, faces, ensemble, album=()):
+    def report(self, clean, protected, faces, ensemble, album=(), *, should_cancel=None, export_file=None):
         self.calls.append((clean, protected, faces, list(ensemble), list(album)))
+        self.keywords.append({"should_cancel": should_cancel, "export_file": export_file})
         return SimpleNamespace(faces=[SimpleNamespace(clean_embeddings={"judge": torch.ones(2) * len(self.calls)})])
 
 
@@ -263,8 +265,14 @@ def test_measure_reads_the_copy_as_written_or_the_pixels_in_memory(tmp_path, pro
     outcome = protector.protect_file(source, tmp_path / "o" / "x_cloaked.jpg", ExportOptions(jpeg_quality=60))
     evaluator = FakeEvaluator()
     album: list = []
-    first = measure(evaluator, outcome, ["fake"], album=album)
+    stop = lambda: False  # noqa: E731
+    first = measure(evaluator, outcome, ["fake"], album=album, should_cancel=stop)
     measure(evaluator, outcome, ["fake"], on_written=False)
+    # the written copy's face DSSIM is measured against the original encoded the same way: the file goes along
+    assert evaluator.keywords == [
+        {"should_cancel": stop, "export_file": outcome.output},
+        {"should_cancel": None, "export_file": None},
+    ]
     (clean, written, faces, ensemble, before), (_, in_memory, *_rest) = evaluator.calls
     assert clean is outcome.clean and faces == [FACE] and ensemble == ["fake"] and before == []
     assert torch.equal(written, pil_to_tensor(open_photo(outcome.output).rgb))  # after JPEG encoding

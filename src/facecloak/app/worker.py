@@ -3,8 +3,8 @@
 ``Worker`` is a QObject moved to a QThread. The window asks for work through queued signals (so requests run
 one after another in the worker's thread) and hears back through signals carrying plain Python objects.
 Pause and Cancel do not go through the event loop (it is busy running the request): they set a
-thread-safe :class:`RunControl` that the cloak polls once per optimisation step and the report once per forward
-pass of a held-out model (:class:`CancellableModel`), so a run stops within about a second at any stage.
+thread-safe :class:`RunControl` that the cloak polls once per optimisation step and the report before each
+degradation and forward pass, so a run stops within about a second at any stage.
 
 Every photo goes through the same pipeline as ``facecloak protect``: :meth:`Protector.protect_file
 <facecloak.core.protect.Protector.protect_file>`, then :func:`~facecloak.core.protect.measure` for the report. The
@@ -17,7 +17,6 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     from facecloak.core.protect import PhotoOutcome, Protector
 
 THUMB_SIDE = 160
-REPORT_CHUNK = 8  # crops per forward pass of a held-out model in the report: about 0.5 s each on one CPU core
 NOT_SAVED = "not saved"  # protected, but the file could not be written (the pixels stay in memory)
 
 
@@ -93,38 +91,6 @@ class RunControl:
             while self._paused and not self._cancelled:
                 self._cond.wait(0.5)
             return self._cancelled
-
-
-class ReportCancelled(RuntimeError):
-    """The run was cancelled while the report was being measured."""
-
-
-class CancellableModel:
-    """A held-out model of the report that checks the run's cancel flag before each forward pass.
-
-    The evaluator runs one batched pass per model and face (25 degraded crops: over a second on one CPU core for
-    the larger models); passes of at most :data:`REPORT_CHUNK` crops keep the report's reaction to Cancel, Pause
-    and closing the window well under a second. Every other attribute is the model's own.
-    """
-
-    def __init__(self, model: Any, should_cancel: Callable[[], bool]) -> None:
-        self._model = model
-        self._should_cancel = should_cancel
-
-    def __call__(self, crops: Any) -> Any:
-        import torch
-
-        parts = []
-        for part in crops.split(REPORT_CHUNK):
-            if self._should_cancel():
-                raise ReportCancelled("the report was cancelled")
-            parts.append(self._model(part))
-        return torch.cat(parts)
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("_model", "_should_cancel"):  # not set yet (copying): never recurse
-            raise AttributeError(name)
-        return getattr(self._model, name)
 
 
 @dataclass
@@ -296,9 +262,7 @@ class Worker(QObject):
         from facecloak.core.report import ProtectionEvaluator
 
         def build():
-            evaluator = ProtectionEvaluator(list(settings.evaluators) or None, device=settings.device)
-            evaluator.models = [CancellableModel(m, self.control.should_cancel) for m in evaluator.models]
-            return evaluator
+            return ProtectionEvaluator(list(settings.evaluators) or None, device=settings.device)
 
         return self._cached(
             "evaluator",
@@ -410,17 +374,24 @@ class Worker(QObject):
         return result
 
     def _measure(self, key: str, result: PhotoResult, protector: Protector, settings: RunSettings) -> None:
-        """The report of a protected photo, measured on its pixels in memory (its error, when it cannot be
-        measured); stops when the run is cancelled."""
+        """The report of a protected photo, measured on the copy as written when it was saved (what an uploader
+        gets), else on its pixels in memory; its error when it cannot be measured; stops when the run is
+        cancelled."""
         from facecloak.core.attack import CloakCancelled
         from facecloak.core.protect import measure
 
         try:
             if self.control.should_cancel():
-                raise ReportCancelled("the report was cancelled")
+                raise CloakCancelled("the report was cancelled")
             evaluator = self._get_evaluator(settings)  # says so while it loads the held-out models
             self.measuring.emit(key)
-            report = measure(evaluator, result.outcome, protector.ensemble_names, on_written=False)
+            report = measure(
+                evaluator,
+                result.outcome,
+                protector.ensemble_names,
+                on_written=result.saved,
+                should_cancel=self.control.should_cancel,
+            )
             from facecloak.core.report import render_heatmap, render_similarity_bars
 
             result.outcome.report = report
@@ -432,7 +403,7 @@ class Worker(QObject):
                 from .report_image import save_report_files
 
                 save_report_files(report, result.report_images, result.outcome.output)
-        except (ReportCancelled, CloakCancelled):
+        except CloakCancelled:
             result.report_error = "not measured: the run was cancelled during the report"
         except Exception as err:
             result.report_error = f"report unavailable: {_short(err)}"

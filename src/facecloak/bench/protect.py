@@ -1,14 +1,19 @@
 """``facecloak bench protect``: protection measured on a labelled photo set, held-out evaluators only.
 
 Per identity (seeded split), one photo is protected (the gallery photo a user would post) and up to
-``probes`` other photos stay clean (what a scraper already has). Threat models:
+``probes`` other photos stay clean (what an adversary already has). Threat models:
 
+- **Search**: a clean probe searches a gallery of N real distractor faces (``lfw_rest/`` and the ``lfw/``
+  identities outside the sample, about 13,000) holding the protected photo: is it outscored (measured, N up
+  to the distractors held), and is it below the threshold at FAR 1/N (N = 10^3..10^6, estimated on every
+  impostor pair of the distractors; stored in the user cache for the per-photo report)?
+- **Verification** (B): protected vs clean same-person pairs scoring below the FAR 1e-3 threshold;
+- **Own original**: the protected photo against its own clean version (the worst case, never the headline);
 - (A) identification, protected gallery vs clean probes: rank-1 / rank-5 of protected identities;
-- (B) verification: protected vs clean same-person pairs scoring below the FAR 1e-3 threshold;
 - (C) reverse identification: clean gallery, protected photo as the probe.
 
-Every evaluator x transform cell comes with n and a 95% Wilson interval; the headline is the worst
-held-out cell. Ensemble (white-box) numbers are reported apart. The photos come from ``--data`` (default:
+Every cell comes with n and a 95% Wilson interval; the headline is the worst held-out cell under Search and
+Verification. Ensemble (white-box) numbers are reported apart. The photos come from ``--data`` (default:
 ``lfw/`` and ``people/`` of ``$FACECLOAK_DATA``); ``--results`` names the results page to update.
 """
 
@@ -30,8 +35,10 @@ from ..core.detect import Face, FaceDetector
 from ..core.device import configure_cpu_threads
 from ..core.image import PHOTO_SUFFIXES, ImageLoadError, load_image
 from ..core.perceptual import NOT_MEASURED, LPIPSMeasure, lpips_available
+from ..core.protect import build_config
 from ..core.quality import haarpsi, psnr, ssim
-from ..core.report import degraded_embeddings, wilson_interval
+from ..core.report import wilson_interval
+from ..core.report_views import degrade, face_window, window_of
 from ..core.transforms import Transform
 from ..core.zoo.manifest import load_manifest
 from ..core.zoo.registry import load_model
@@ -63,6 +70,103 @@ def bench_transforms(long_side: int) -> list[tuple[str, Transform]]:
         for k in (5, 9):
             out.append((f"{kind} k{k}", Transform(kind, kernel=k)))
     return out
+
+
+# -- the Search gallery: real distractor faces ---------------------------------------------------------------
+
+DISTRACTOR_FOLDERS = ("lfw_rest", "lfw")  # lfw_rest/: 4,848 identities disjoint from lfw/
+
+
+def distractor_photos(data: Path, exclude: set[str]) -> list[Path]:
+    """Every photo of ``lfw_rest/`` and of the ``lfw/`` identities not in ``exclude`` (the benchmark's own)."""
+    photos = []
+    for folder in DISTRACTOR_FOLDERS:
+        root = data / folder
+        if not root.is_dir():
+            continue
+        for person in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in exclude):
+            photos += sorted(p for p in person.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+    return photos
+
+
+class EmbeddingCache:
+    """One model's embeddings of distractor photos, kept in the user cache (``distractors/<model>.pt``).
+
+    Keyed by the photo's path below the data folder, and tied to the model's cached weights (a rebuilt model
+    starts afresh). Written atomically every few hundred new faces, so an interrupted run resumes.
+    """
+
+    SAVE_EVERY = 512
+
+    def __init__(self, model_name: str, root: Path | None = None) -> None:
+        from ..core.zoo.cache import cache_root, weights_path
+
+        self.path = (root or cache_root() / "distractors") / f"{model_name}.pt"
+        stat = weights_path(model_name).stat()
+        self.signature = f"{stat.st_size}:{stat.st_mtime_ns}"
+        self.entries: dict[str, torch.Tensor] = {}
+        try:
+            stored = torch.load(self.path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, ValueError, EOFError):
+            stored = None
+        if isinstance(stored, dict) and stored.get("signature") == self.signature:
+            keys, values = stored["keys"], stored["embeddings"]
+            self.entries = {k: values[i] for i, k in enumerate(keys)}
+
+    def save(self) -> None:
+        from ..core.files import replace_atomically
+
+        keys = list(self.entries)
+        values = torch.stack([self.entries[k] for k in keys]) if keys else torch.zeros(0)
+        data = {"signature": self.signature, "keys": keys, "embeddings": values}
+        replace_atomically(self.path, lambda tmp: torch.save(data, tmp))
+
+    @torch.no_grad()
+    def embed(self, model, photos: list[Path], faces: list[Face], data: Path, batch: int = 32) -> torch.Tensor:
+        """``N,D`` embeddings of ``photos`` (one face each), computing only those not cached yet."""
+        keys = [p.relative_to(data).as_posix() for p in photos]
+        missing = [i for i, k in enumerate(keys) if k not in self.entries]
+        unsaved = 0
+        for start in range(0, len(missing), batch):
+            chunk = missing[start : start + batch]
+            crops = torch.cat([model.aligner(load_image(photos[i]), [faces[i]]) for i in chunk])
+            for i, emb in zip(chunk, model(crops), strict=True):
+                self.entries[keys[i]] = emb.detach().cpu().clone()
+            unsaved += len(chunk)
+            if unsaved >= self.SAVE_EVERY:
+                self.save()
+                unsaved = 0
+        if unsaved:
+            self.save()
+        if not keys:
+            return torch.zeros(0, model.embedding_dim)
+        return torch.stack([self.entries[k] for k in keys])
+
+
+def detect_distractors(photos: list[Path], cache: DetectionCache, detector: FaceDetector) -> tuple[list, list]:
+    """The photos with a detectable face, and that face (detections kept in the benchmark's cache)."""
+    kept, faces = [], []
+    for i, path in enumerate(photos):
+        try:
+            face = cache.get(path, detector)
+        except ImageLoadError:
+            face = None
+        if face is not None:
+            kept.append(path)
+            faces.append(face)
+        if (i + 1) % 500 == 0:
+            cache.save()
+            print(f"distractors: {i + 1}/{len(photos)} photos detected", flush=True)
+    cache.save()
+    return kept, faces
+
+
+def protected_views(protected: torch.Tensor, face: Face, transforms: list[tuple[str, Transform]], models: list):
+    """The protected face after each transform, degraded once for every model (the report's views: the same
+    numbers as :func:`~facecloak.core.report.degraded_embeddings`), each with the face in its coordinates."""
+    where = face_window(face, (protected.shape[-2], protected.shape[-1]), [m.aligner for m in models])
+    windows = window_of(protected, where.window)
+    return [(degrade([protected], t, where, windows), where.face) for _, t in transforms]
 
 
 @dataclass
@@ -125,7 +229,7 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
     if args.quick:  # end-to-end check for CI: a few identities, a couple of steps, one view
         overrides = {"steps": min(args.steps or 2, 2), "views_per_step": 1}
         args.identities, args.probes, folders = min(args.identities, 4), min(args.probes, 2), folders[:1]
-    config = preset(args.preset, **overrides)
+    config = build_config(args.preset, knobs=overrides)
     ensemble = [load_model(n) for n in ensemble_names]
     evaluators = [load_model(n) for n in evaluator_names]
     cloak = Cloak(ensemble, config)
@@ -187,10 +291,11 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
         position = len(kept)
         kept.append(ident)
         with torch.no_grad():
+            views = protected_views(protected, face, transforms, models)
             for model in models:
                 clean_gallery[model.name].append(model(model.aligner(photo, [face]))[0])
-                for label, t in transforms:
-                    emb = degraded_embeddings(model, protected, face, [t])[0]
+                embs = model(torch.cat([model.aligner(view, [where]) for view, where in views]))
+                for (label, _), emb in zip(transforms, embs, strict=True):
                     protected_gallery[model.name].setdefault(label, []).append(emb)
                 for p, f in probe_faces:
                     probe_embs[model.name].append(model(model.aligner(load_image(p), [f]))[0])
@@ -225,6 +330,8 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
             rank5 = int((top5 == owners[:, None]).any(1).sum())
             genuine = sim_a[torch.arange(len(owners)), owners]
             below = int((genuine < threshold).sum())  # (B) verification pairs no longer matching
+            own = (prot_g * clean_g).sum(1)  # own original: the protected photo vs its own clean version
+            own_below = int((own < threshold).sum())
             # (C) protected photo as the probe against the clean gallery of every identity
             sim_c = prot_g @ clean_g.T
             rank1_c = int((sim_c.argmax(1) == torch.arange(len(kept))).sum())
@@ -238,6 +345,8 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
                     "n_identities": n_i,
                     "verification_protected": below / n_p,
                     "verification_ci": wilson_interval(below, n_p),
+                    "own_protected": own_below / n_i,
+                    "own_ci": wilson_interval(own_below, n_i),
                     "rank1_A": rank1 / n_p,
                     "rank1_A_ci": wilson_interval(rank1, n_p),
                     "rank5_A": rank5 / n_p,
@@ -248,6 +357,13 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
                     "threshold_far_1e3": threshold,
                 }
             )
+    held_out = [m for m in evaluators if m.name not in ensemble_names]
+    search_rows, tables = [], {}
+    if args.distractors != 0:
+        exclude = {ident.name for ident in kept}
+        search_rows, tables = measure_search(
+            args, root, held_out, exclude, cache, detector, probe_embs, owners, clean_gallery, protected_gallery, labels
+        )
     summary = {
         "preset": args.preset,
         "overrides": {} if args.quick else overrides,
@@ -263,9 +379,112 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
         "quality_mean": {k: float(np.mean(v)) for k, v in quality.items()},
         "quality_max_face_dssim": float(np.max(quality["face_dssim"])),
         "cells": results,
+        "search": search_rows,
+        "search_thresholds": tables,
     }
     print_and_write(summary, args, root)
     return 0
+
+
+def distractor_gallery(
+    data: Path, exclude: set[str], limit: int | None, seed: int, cache: DetectionCache, detector: FaceDetector
+) -> tuple[list[Path], list[Face], list[int]]:
+    """Distractor photos with a face (at most ``limit``, a seeded sample), their faces and identity numbers."""
+    photos = distractor_photos(data, exclude)
+    if limit is not None and limit < len(photos):
+        photos = sorted(random.Random(seed).sample(photos, limit))
+    kept, faces = detect_distractors(photos, cache, detector)
+    names = {name: i for i, name in enumerate(sorted({p.parent.name for p in kept}))}
+    return kept, faces, [names[p.parent.name] for p in kept]
+
+
+def search_thresholds_of(model_name: str, gallery: torch.Tensor, identities: list[int], source: str):
+    """The evaluator's Search thresholds (FAR 1e-3..1e-6) from every impostor pair of the distractor gallery."""
+    from ..core.search import SearchThresholds, genuine_scores, impostor_thresholds
+
+    estimates = impostor_thresholds(gallery, identities)
+    genuine = genuine_scores(gallery, identities)
+    median = float(genuine.median()) if len(genuine) else None
+    return SearchThresholds(model_name, tuple(estimates), median, len(gallery), source)
+
+
+def search_cells(
+    model_name: str,
+    label: str,
+    probes: torch.Tensor,
+    targets: torch.Tensor,
+    clean_targets: torch.Tensor,
+    gallery: torch.Tensor,
+    thresholds,
+    seed: int,
+) -> list[dict]:
+    """Search rows of one evaluator and view: per gallery size, the share of (clean probe, protected photo) pairs
+    where the protected photo is *not* found: not first among N real distractors (measured, N <= the gallery;
+    a gallery smaller than 1,000 is measured at its own size), and below the FAR 1/N threshold (estimated from
+    impostor pairs); the same for the unprotected photo."""
+    from ..core.search import GALLERY_SIZES, ranks
+
+    order = torch.randperm(len(gallery), generator=torch.Generator().manual_seed(seed))
+    by_far = {e.gallery_size: e for e in thresholds.estimates}
+    n = len(probes)
+    rows = []
+    sizes = GALLERY_SIZES if len(gallery) >= GALLERY_SIZES[0] else (len(gallery), *GALLERY_SIZES)
+    for size in sizes:
+        row = {"model": model_name, "transform": label, "gallery_size": size, "n_pairs": n}
+        if size <= len(gallery):
+            sample = gallery[order[:size]]
+            missed = int((ranks(probes, targets, sample) > 1).sum())
+            row.update(rank_protected=missed / n, rank_ci=wilson_interval(missed, n))
+            row["rank_baseline"] = float((ranks(probes, clean_targets, sample) > 1).float().mean())
+        estimate = by_far.get(size)
+        if estimate is not None and estimate.threshold is not None:
+            below = int(((probes * targets).sum(1) < estimate.threshold).sum())
+            row.update(threshold=estimate.threshold, pairs_above=estimate.pairs_above)
+            row.update(threshold_protected=below / n, threshold_ci=wilson_interval(below, n))
+            row["threshold_baseline"] = float(((probes * clean_targets).sum(1) < estimate.threshold).float().mean())
+        if "rank_protected" in row or "threshold" in row:  # a size neither measured nor estimated says nothing
+            rows.append(row)
+    return rows
+
+
+def measure_search(
+    args: argparse.Namespace,
+    root: Path | None,
+    evaluators: list,
+    exclude: set[str],
+    cache: DetectionCache,
+    detector: FaceDetector,
+    probe_embs: dict[str, list[torch.Tensor]],
+    owners: torch.Tensor,
+    clean_gallery: dict[str, list[torch.Tensor]],
+    protected_gallery: dict[str, dict[str, list[torch.Tensor]]],
+    labels: list[str],
+) -> tuple[list[dict], dict[str, dict]]:
+    """The Search table: the protected photos among real distractor faces, and the thresholds at FAR 1e-3..1e-6
+    measured on the distractors' impostor pairs (stored in the user cache for the per-photo report)."""
+    from ..core.search import save_search_thresholds
+
+    data = args.distractor_data or root
+    if data is None or not any((data / f).is_dir() for f in DISTRACTOR_FOLDERS):
+        print(f"Search table skipped: no {' or '.join(DISTRACTOR_FOLDERS)} folder in {data}", file=sys.stderr)
+        return [], {}
+    limit = 100 if args.quick else args.distractors
+    photos, faces, identities = distractor_gallery(data, exclude, limit, args.seed, cache, detector)
+    source = f"{this_command(root)} ({len(photos)} distractor faces)"
+    rows, measured = [], []
+    for model in evaluators:
+        print(f"Search: embedding {len(photos)} distractors for {model.name}", flush=True)
+        gallery = EmbeddingCache(model.name).embed(model, photos, faces, data)
+        thresholds = search_thresholds_of(model.name, gallery, identities, source)
+        measured.append(thresholds)
+        probes = torch.stack(probe_embs[model.name])
+        clean_targets = torch.stack(clean_gallery[model.name])[owners]
+        for label in labels:
+            targets = torch.stack(protected_gallery[model.name][label])[owners]
+            rows += search_cells(model.name, label, probes, targets, clean_targets, gallery, thresholds, args.seed)
+    if measured and not args.quick:  # the per-photo report's thresholds on this machine from now on
+        save_search_thresholds(measured)
+    return rows, {t.evaluator: t.to_dict() for t in measured}
 
 
 def _knob(name: str, value: float) -> str:
@@ -277,8 +496,9 @@ _DATASET_NAMES = {"lfw": "LFW", "people": "`people/`"}
 
 # What the table's columns mean; "protected" is (B).
 PROTECTION_LEGEND = (
-    "(B) protected = share of protected-vs-clean same-person pairs that no longer match: cosine below the",
-    "evaluator's FAR 1e-3 threshold (higher is better);",
+    "(B) Verification: protected = share of protected-vs-clean same-person pairs that no longer match: cosine",
+    "below the evaluator's FAR 1e-3 threshold (higher is better); Own original: protected = the same against the",
+    "protected photo's own clean version (the worst case: whoever holds it needs no protected copy);",
     "(A) rank-1 = clean probes still finding the protected photo's identity first (lower is better);",
     "(C) rank-1 = protected photo as probe finding its owner in a clean gallery (lower is better).",
     "Baselines are the same numbers with the photo unprotected. 95% Wilson intervals in brackets; n = pairs.",
@@ -297,13 +517,109 @@ def protection_heading(preset_name: str, overrides: dict, folders: list[str], id
     return f"### `{preset_name}` preset{knobs}, {label}" + (" (quick)" if quick else "")
 
 
+def _pct(value: float) -> str:
+    return f"{value * 100:.0f}%"
+
+
+def _ci(interval: tuple[float, float] | list[float]) -> str:
+    lo, hi = interval
+    return f"[{lo * 100:.0f}-{hi * 100:.0f}]"
+
+
+def _search_order(row: dict) -> tuple[float, float]:
+    """Worst Search row first: the fewest not found first among real faces, then below the threshold."""
+    return row.get("rank_protected", 2.0), row.get("threshold_protected", 2.0)
+
+
+def headline_lines(summary: dict) -> list[str]:
+    """The worst held-out evaluator under Search (10^4 real faces, else the largest measured) and Verification;
+    Own original as the worst case, never the headline."""
+    held = [c for c in summary["cells"] if c["role"] == "held-out"]
+    verification = min(held, key=lambda c: c["verification_protected"])
+    own = min(held, key=lambda c: c["own_protected"])
+    measured = [r for r in summary.get("search", []) if "rank_protected" in r]
+    if measured:
+        size = max(r["gallery_size"] for r in measured)
+        search = min((r for r in measured if r["gallery_size"] == size), key=_search_order)
+        search_text = (
+            f"Search among {size:,} real faces: {_pct(search['rank_protected'])} of (clean probe, protected photo) "
+            f"pairs not found first {_ci(search['rank_ci'])} ({search['model']}, {search['transform']})"
+        )
+    else:
+        search_text = "Search not measured (no distractor faces)"
+    return [
+        f"- **Headline (worst held-out cell)**: {search_text}; Verification at FAR 1e-3: "
+        f"{_pct(verification['verification_protected'])} of protected/clean pairs no longer match "
+        f"{_ci(verification['verification_ci'])} ({verification['model']}, {verification['transform']}).",
+        f"- Own original (worst case, not the headline): {_pct(own['own_protected'])} of protected photos no longer "
+        f"match their own clean version {_ci(own['own_ci'])} ({own['model']}, {own['transform']}).",
+    ]
+
+
+def search_table(summary: dict) -> list[str]:
+    """Per held-out evaluator and gallery size: the photo as posted and its worst view."""
+    rows = summary.get("search", [])
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Search: a clean probe of the person against a gallery of N other people's faces holding the protected "
+        "photo. *Not first* = the protected photo is outscored by a real distractor (measured for N up to the "
+        "distractors held); *below threshold* = its similarity is under the threshold at FAR 1/N (estimated from "
+        "impostor pairs, last table). Higher is better; the clean columns are the same with the photo unprotected.",
+        "",
+        "| model | threat | gallery N | transform | not first (protected) | below FAR 1/N threshold (protected) "
+        "| clean: not first | clean: below | n |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    keyed: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        keyed.setdefault((r["model"], r["gallery_size"]), []).append(r)
+    for (model, size), group in keyed.items():
+        as_posted = next(r for r in group if r["transform"] == "none")
+        worst = min(group, key=_search_order)
+        for r in [as_posted] + ([worst] if worst is not as_posted else []):
+            first = f"{_pct(r['rank_protected'])} {_ci(r['rank_ci'])}" if "rank_protected" in r else "-"
+            below = f"{_pct(r['threshold_protected'])} {_ci(r['threshold_ci'])}" if "threshold" in r else "-"
+            clean_first = _pct(r["rank_baseline"]) if "rank_baseline" in r else "-"
+            clean_below = _pct(r["threshold_baseline"]) if "threshold_baseline" in r else "-"
+            lines.append(
+                f"| {model} | Search | {size:,} | {r['transform']} | {first} | {below} | {clean_first} "
+                f"| {clean_below} | {r['n_pairs']} |"
+            )
+    return lines
+
+
+def thresholds_table(summary: dict) -> list[str]:
+    tables = summary.get("search_thresholds", {})
+    if not tables:
+        return []
+    lines = [
+        "",
+        "Search thresholds from every impostor pair of the distractor faces (two photos of different people): the "
+        "similarity at which a share FAR of them match, how many pairs lie at or above it, and the median "
+        "similarity of two photos of one person (the lone-photo estimate of the per-photo report).",
+        "",
+        "| model | FAR (gallery N) | threshold | impostor pairs above | impostor pairs | same-person median |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, table in tables.items():
+        median = table.get("genuine_median")
+        for e in table["estimates"]:
+            threshold = "too few pairs" if e["threshold"] is None else f"{e['threshold']:.4f}"
+            lines.append(
+                f"| {model} | {e['far']:.0e} ({round(1 / e['far']):,}) | {threshold} | {e['pairs_above']:,} "
+                f"| {e['pairs_total']:,} | {'-' if median is None else f'{median:.3f}'} |"
+            )
+    return lines
+
+
 def print_and_write(summary: dict, args: argparse.Namespace, root: Path | None) -> None:
     cells = summary["cells"]
     held = [c for c in cells if c["role"] == "held-out"]
-    worst_none = min((c for c in held if c["transform"] == "none"), key=lambda c: c["verification_protected"])
-    worst_any = min(held, key=lambda c: c["verification_protected"])
     q = summary["quality_mean"]
     sources = ", ".join(f"`{portable_path(d, root)}`" for d in summary["data"])
+    distractors = max((t["faces"] for t in summary.get("search_thresholds", {}).values()), default=0)
     lines = [
         protection_heading(
             summary["preset"], summary.get("overrides", {}), summary["data"], summary["identities"], args.quick
@@ -311,34 +627,33 @@ def print_and_write(summary: dict, args: argparse.Namespace, root: Path | None) 
         "",
         f"Command: `{this_command(root)}` ({machine_line()}).",
         f"{summary['identities']} identities from {sources}; one protected photo each, clean probes",
-        f"of the same people. Attack ensemble: {', '.join(summary['ensemble'])}. Held-out evaluators (never attacked):",
+        f"of the same people; {distractors:,} distractor faces of other people for Search. Attack ensemble: "
+        f"{', '.join(summary['ensemble'])}. Held-out evaluators (never attacked):",
         f"{', '.join(summary['evaluators'])}. The attack's perceptual terms: "
         f"{summary.get('attack_perceptual_terms', 'face DSSIM')}.",
         "",
-        "- **Headline (worst held-out cell)**: without transforms "
-        f"{worst_none['verification_protected'] * 100:.0f}% of protected/clean pairs no longer match "
-        f"({worst_none['model']}); over all transforms the worst is "
-        f"{worst_any['verification_protected'] * 100:.0f}% ({worst_any['model']}, {worst_any['transform']}).",
+        *headline_lines(summary),
         f"- Quality: face DSSIM mean {q['face_dssim']:.4f} (max {summary['quality_max_face_dssim']:.4f}), "
         f"face HaarPSI {q['face_haarpsi']:.4f}, photo SSIM {q['ssim']:.4f}, PSNR {q['psnr']:.1f} dB; "
         + (f"face LPIPS {q['face_lpips']:.4f}." if q.get("face_lpips") is not None else f"{NOT_MEASURED}."),
         f"- Speed: {summary['seconds_per_face_median']:.1f} s per face (median, attack only), peak RSS "
         f"{summary['peak_rss_mb']:.0f} MB.",
+        *search_table(summary),
         "",
         *PROTECTION_LEGEND,
         "",
-        "| model | role | transform | (B) protected | (A) rank-1 | (A) rank-5 | (C) rank-1 | clean rank-1 "
-        "| clean TAR | n |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | role | transform | (B) Verification: protected | Own original: protected | (A) rank-1 "
+        "| (A) rank-5 | (C) rank-1 | clean rank-1 | clean TAR | n |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in held + [c for c in cells if c["role"] != "held-out"]:  # held-out rows first: they are the result
-        lo, hi = c["verification_ci"]
         lines.append(
-            f"| {c['model']} | {c['role']} | {c['transform']} | {c['verification_protected'] * 100:.0f}% "
-            f"[{lo * 100:.0f}-{hi * 100:.0f}] | {c['rank1_A'] * 100:.0f}% | {c['rank5_A'] * 100:.0f}% "
-            f"| {c['rank1_C'] * 100:.0f}% | {c['baseline_rank1'] * 100:.0f}% | {c['baseline_tar_far_1e3'] * 100:.0f}% "
-            f"| {c['n_pairs']} |"
+            f"| {c['model']} | {c['role']} | {c['transform']} | {_pct(c['verification_protected'])} "
+            f"{_ci(c['verification_ci'])} | {_pct(c['own_protected'])} {_ci(c['own_ci'])} | {_pct(c['rank1_A'])} "
+            f"| {_pct(c['rank5_A'])} | {_pct(c['rank1_C'])} | {_pct(c['baseline_rank1'])} "
+            f"| {_pct(c['baseline_tar_far_1e3'])} | {c['n_pairs']} |"
         )
+    lines += thresholds_table(summary)
     table = "\n".join(lines)
     print("\n" + table)
     if args.quick:
@@ -386,6 +701,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--ensemble", nargs="+", default=None, help="attack models (default: the manifest's)")
     parser.add_argument("--evaluators", nargs="+", default=None, help="held-out models (default: the manifest's)")
+    parser.add_argument(
+        "--distractors",
+        type=int,
+        default=None,
+        metavar="N",
+        help="distractor faces for the Search table, a seeded sample (default: all of lfw_rest/ and the lfw/ "
+        "identities outside the sample, about 12,000; 0 skips the Search table)",
+    )
+    parser.add_argument(
+        "--distractor-data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"folder holding lfw_rest/ and lfw/ for the distractors (default: ${DATA_ENV})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="which identities and photos (default: 0)")
     parser.add_argument(
         "--quick", action="store_true", help="a handful of identities and few steps, never written (CI; default: off)"

@@ -259,10 +259,11 @@ class _Pipeline:
         watch.seconds["attack"] = time.perf_counter() - started - watch.seconds["compose"]
         with watch.stage("export"):
             options = ExportOptions(overwrite=True)
-            export_protected(source, result.photo.cpu(), self.out_dir, options, photo=photo)
+            written = export_protected(source, result.photo.cpu(), self.out_dir, options, photo=photo)
         if self.evaluator is not None:
-            with watch.stage("report"):
-                self.evaluator.report(clean, result.photo, faces, self.ensemble)
+            with watch.stage("report"):  # measured on the copy as written, as `facecloak protect --report` does
+                protected = pil_to_tensor(open_photo(written).rgb)
+                self.evaluator.report(clean, protected, faces, self.ensemble, export_file=written)
         seconds = {stage: watch.seconds[stage] for stage in STAGES if stage in watch.seconds}
         return clean.shape[-1], clean.shape[-2], len(faces), seconds
 

@@ -324,9 +324,11 @@ class Worker:
             outcome.report_note = f"report failed: {' '.join(str(err).split())[:200]}"
             return
         outcome.report, outcome.report_file = report, path
+        # the headline is Search and Verification (the threats a real adversary poses); the own-original match
+        # rate follows as the worst case, never as the headline
         outcome.report_note = (
-            f"match rate {report.match_rate_before:.0%} -> {report.match_rate_after:.0%} on "
-            f"{', '.join(report.evaluators) or 'no evaluator'}; report {path.name}"
+            f"{report.headline} Own original (worst case): match rate {report.match_rate_before:.0%} -> "
+            f"{report.match_rate_after:.0%} on {', '.join(report.evaluators) or 'no evaluator'}; report {path.name}"
         )
 
 

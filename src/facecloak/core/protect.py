@@ -305,6 +305,7 @@ def measure(
     ensemble: Sequence[str],
     on_written: bool = True,
     album: list[FaceEmbeddings] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
 ) -> ProtectionReport:
     """The protection report of a protected photo: the one place the pipeline calls the evaluator.
 
@@ -316,13 +317,23 @@ def measure(
             encoding. False: the protected pixels in memory (``outcome.protected``). Default: True.
         album: clean embeddings of faces protected earlier, compared too; this photo's faces are added to it.
             Default: None (no album).
+        should_cancel: polled by the evaluator well under a second apart; True stops it with
+            :class:`~.attack.CloakCancelled`. Default: None (never cancelled).
 
     Raises:
         ImageLoadError: the written copy cannot be read back.
         ValueError, RuntimeError, OSError: the evaluator cannot measure this photo.
     """
     protected = pil_to_tensor(open_photo(outcome.output).rgb) if on_written else outcome.protected
-    report = evaluator.report(outcome.clean, protected, list(outcome.faces), ensemble, album=album or ())
+    report = evaluator.report(
+        outcome.clean,
+        protected,
+        list(outcome.faces),
+        ensemble,
+        album=album or (),
+        should_cancel=should_cancel,
+        export_file=outcome.output if on_written else None,  # face DSSIM against the original encoded the same way
+    )
     if album is not None:
         album.extend(face.clean_embeddings for face in report.faces)
     return report
