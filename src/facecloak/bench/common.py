@@ -398,6 +398,16 @@ def add_data_argument(parser: argparse.ArgumentParser, help_text: str, many: boo
     parser.add_argument("--data", type=Path, nargs="+" if many else None, default=None, metavar="DIR", help=help_text)
 
 
+def add_labelled_data_argument(parser: argparse.ArgumentParser) -> None:
+    """``--data``: folders of labelled photos (one subfolder per person), lfw/ and people/ by default."""
+    add_data_argument(
+        parser,
+        f"labelled photo folders, one subfolder of photos per person (default: lfw/ and people/ of ${DATA_ENV}; "
+        "one of the two must be set)",
+        many=True,
+    )
+
+
 def add_results_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, default=None, metavar="BENCHMARKS_MD", help=_RESULTS_HELP)
 

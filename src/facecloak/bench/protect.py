@@ -46,6 +46,7 @@ from .common import (
     DATA_ENV,
     BenchInputError,
     add_data_argument,
+    add_labelled_data_argument,
     add_results_argument,
     check_results_page,
     data_folders,
@@ -672,12 +673,7 @@ def protection_key(summary: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_data_argument(
-        parser,
-        f"labelled photo folders, one subfolder of photos per person (default: lfw/ and people/ of ${DATA_ENV}; "
-        "one of the two must be set)",
-        many=True,
-    )
+    add_labelled_data_argument(parser)
     parser.add_argument(
         "--identities",
         type=int,

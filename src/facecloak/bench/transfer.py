@@ -42,9 +42,8 @@ from ..core.zoo.manifest import Roles, load_manifest
 from ..core.zoo.model import FaceModel
 from ..core.zoo.registry import cache_status, load_model
 from .common import (
-    DATA_ENV,
     BenchInputError,
-    add_data_argument,
+    add_labelled_data_argument,
     add_results_argument,
     check_results_page,
     data_folders,
@@ -534,12 +533,7 @@ def run_transfer_benchmark(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_data_argument(
-        parser,
-        f"labelled photo folders, one subfolder of photos per person (default: lfw/ and people/ of ${DATA_ENV}; "
-        "one of the two must be set)",
-        many=True,
-    )
+    add_labelled_data_argument(parser)
     parser.add_argument(
         "--identities",
         type=int,
