@@ -78,7 +78,10 @@ def fake_evaluator_class(engine: FakeEngine) -> type:
             self.models = [FakeModel(engine.pass_s)]
             self.missing: list[str] = []
 
-        def report(self, clean, protected, faces, ensemble, *, should_cancel=None, **_kw) -> ProtectionReport:
+        def report(
+            self, clean, protected, faces, ensemble, *, should_cancel=None, export_file=None, **_kw
+        ) -> ProtectionReport:
+            engine.measured.append((protected, export_file))
             crops = torch.zeros(25, 3, 8, 8)  # one face's crops after the report's degradations
             for _ in range(engine.report_passes):
                 for model in self.models:  # the real evaluator polls should_cancel before each forward pass
@@ -98,6 +101,7 @@ class FakeEngine:
         self.pass_s = 0.01
         self.cloak_calls = 0
         self.on_cloak = None  # called with the call number as each photo's attack starts
+        self.measured: list[tuple[object, Path | None]] = []  # (pixels measured, export_file) per report
 
 
 def install_fakes(engine: FakeEngine, patch: Callable[[object, str, object], None]) -> None:

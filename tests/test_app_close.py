@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from app_fakes import ENSEMBLE, NAMES, open_window
 from PIL import Image
 from PySide6.QtCore import QSettings
@@ -25,6 +26,7 @@ from facecloak.app import window as window_module
 from facecloak.app.model import ERROR, PROTECTED, QUEUED
 from facecloak.app.output import KEEP_BOTH, OVERWRITE, SKIP
 from facecloak.app.window import MainWindow
+from facecloak.core.image import pil_to_tensor
 
 
 @pytest.fixture
@@ -269,6 +271,15 @@ def test_overwrite_replaces_the_existing_copies(qtbot, window, engine, out_dir, 
         assert Image.open(path).size == (96, 96)  # now a protected photo
     assert len(list(out_dir.iterdir())) == 4
     assert window.activity.text() == "Done: 4 protected"
+
+
+def test_the_report_measures_the_copy_as_written(qtbot, window, engine, out_dir):
+    """What an uploader gets is the encoded file, not the pixels before the JPEG encoder."""
+    run(qtbot, window)
+    assert len(engine.measured) == 4
+    for pixels, export_file in engine.measured:
+        assert export_file is not None and export_file.parent == out_dir  # face DSSIM against the same encoding
+        assert torch.equal(pixels, pil_to_tensor(Image.open(export_file).convert("RGB")))
 
 
 def test_cancelling_the_question_starts_nothing(qtbot, window, engine, out_dir, monkeypatch):
