@@ -24,7 +24,7 @@ LIMIT_MIB=60                           # of the 64 MiB that may travel, leaving 
 BUDGET_S=450                           # the device steps stop starting after this (the call must end under 8 min)
 # What the engine needs and the GPU machine's image lacks (its package list: .library/device/KINDS.md). Each
 # wheel is taken without dependencies; `prepare` checks that every dependency they declare is on the machine.
-PACKAGES="kornia kornia_rs facenet-pytorch piq platformdirs pillow_heif lpips tflite onnx2torch"
+PACKAGES="kornia kornia_rs facenet-pytorch piq platformdirs pillow_heif lpips tflite"
 # Packages the machine has, perhaps older than a carried wheel asks for (pillow_heif 1.9 wants pillow >= 13):
 # carried too, and installed there only when its own version does not satisfy the carried wheels.
 OPTIONAL="pillow"
