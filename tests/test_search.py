@@ -188,10 +188,10 @@ def test_distractors_leave_out_the_benchmark_identities_and_are_cached(tmp_path,
 
 def test_this_releases_thresholds_cover_every_evaluator_in_order(tmp_path, monkeypatch):
     from facecloak.core import search
-    from facecloak.core.protect import default_evaluators
+    from facecloak.core.zoo.manifest import Roles
 
     monkeypatch.setattr(search, "thresholds_path", lambda: tmp_path / "none.json")  # nothing measured here
-    for name in default_evaluators():
+    for name in Roles.load().evaluators:
         table = search_thresholds(name)
         assert table is not None and table.evaluator == name and 0 < table.genuine_median < 1
         values = [e.threshold for e in sorted(table.estimates, key=lambda e: e.gallery_size)]

@@ -37,7 +37,7 @@ app = QApplication(sys.argv)
 from facecloak.app.first_run import app_icon  # noqa: E402 - after QApplication
 from facecloak.app.run_state import Stage  # noqa: E402
 from facecloak.app.window import MainWindow, install_error_hook  # noqa: E402
-from facecloak.core.protect import default_ensemble  # noqa: E402
+from facecloak.core.zoo.manifest import Roles  # noqa: E402
 
 app.setWindowIcon(app_icon())
 ini = WORK / "settings.ini"
@@ -78,7 +78,7 @@ if os.environ.get("STEPS") or os.environ.get("ENSEMBLE"):
     panel.expert.setChecked(True)
     if os.environ.get("STEPS"):
         panel.steps.setValue(int(os.environ["STEPS"]))
-    chosen = os.environ["ENSEMBLE"].split(",") if os.environ.get("ENSEMBLE") else default_ensemble()
+    chosen = os.environ["ENSEMBLE"].split(",") if os.environ.get("ENSEMBLE") else list(Roles.load().ensemble)
     for name, box in panel.ensemble_boxes.items():
         box.setChecked(name in chosen)
 panel.measure.setChecked(True)

@@ -196,10 +196,11 @@ def split_identities(root: Path, count: int, probes: int, seed: int) -> list[Ide
 
 def resolve_roles(args: argparse.Namespace) -> tuple[list[str], list[str]] | None:
     """Ensemble and held-out evaluators (manifest defaults), checked disjoint and measured; None if unusable."""
-    from ..core.protect import check_disjoint, default_ensemble, default_evaluators
+    from ..core.zoo.manifest import Roles, check_disjoint
 
-    ensemble_names = args.ensemble or default_ensemble()
-    evaluator_names = args.evaluators or default_evaluators()
+    roles = Roles.load()
+    ensemble_names = args.ensemble or list(roles.ensemble)
+    evaluator_names = args.evaluators or list(roles.evaluators)
     check_disjoint(ensemble_names, evaluator_names)
     manifest = load_manifest()
     for name in evaluator_names:

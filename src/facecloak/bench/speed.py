@@ -215,15 +215,15 @@ class _Pipeline:
 
     def __init__(self, args: argparse.Namespace, device: torch.device, out_dir: Path) -> None:
         from ..core.detect import DetectorConfig, FaceDetector
-        from ..core.protect import check_disjoint, default_ensemble, default_evaluators
+        from ..core.zoo.manifest import Roles, check_disjoint
 
         self.device, self.out_dir, self.args = device, out_dir, args
-        self.ensemble = list(args.ensemble or default_ensemble())
+        self.ensemble = list(args.ensemble or Roles.load().ensemble)
         self.models = load_models(self.ensemble, device, args.random_weights)
         self.detector = FaceDetector(DetectorConfig(device=args.detect_device))
         self.evaluator = None
         if args.report:
-            names = list(args.evaluators or default_evaluators())
+            names = list(args.evaluators or Roles.load().evaluators)
             check_disjoint(self.ensemble, names)
             self.evaluator = self._evaluator(names)
 

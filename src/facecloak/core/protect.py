@@ -30,21 +30,10 @@ from .device import select_device
 from .export import ExportError, ExportOptions, check_not_original, write_protected
 from .image import PHOTO_SUFFIXES, ImageLoadError, display_path, open_photo, pil_to_tensor
 from .zoo.manifest import Roles
-from .zoo.manifest import check_disjoint as check_disjoint  # re-exported for callers not yet on Roles
 from .zoo.registry import load_model
 
 if TYPE_CHECKING:
     from .report import FaceEmbeddings, ProtectionEvaluator, ProtectionReport
-
-
-def default_ensemble() -> list[str]:
-    """The manifest's ensemble role (for callers not yet on :meth:`Roles.load`)."""
-    return list(Roles.load().ensemble)
-
-
-def default_evaluators() -> list[str]:
-    """The manifest's evaluator role (for callers not yet on :meth:`Roles.load`)."""
-    return list(Roles.load().evaluators)
 
 
 # -- which photos -----------------------------------------------------------------------------------------

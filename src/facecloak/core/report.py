@@ -468,11 +468,11 @@ class ProtectionEvaluator:
     """Measures protection on held-out evaluators; refuses any model of the ensemble's families."""
 
     def __init__(self, evaluators: Sequence[str] | None = None, device: str = "auto") -> None:
-        from .protect import default_evaluators
+        from .zoo.manifest import Roles
         from .zoo.registry import cache_status, load_model
 
         manifest = load_manifest()
-        names = list(evaluators or default_evaluators())
+        names = list(evaluators or Roles.load().evaluators)
         self.device = select_device(device)
         self.models: list[FaceModel] = []
         for name in names:
@@ -535,7 +535,7 @@ class ProtectionEvaluator:
         ``should_cancel`` is polled before each degradation and each forward pass (well under a second apart);
         when it returns True the report stops with :class:`~facecloak.core.attack.CloakCancelled`.
         """
-        from .protect import check_disjoint
+        from .zoo.manifest import check_disjoint
 
         check_disjoint(list(ensemble), [m.name for m in self.models])
         check = _cancel_check(should_cancel)

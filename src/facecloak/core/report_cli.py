@@ -77,8 +77,8 @@ def _marker_notes(protected: Path, original: Path, others: list[Path]) -> None:
 def run(args: argparse.Namespace) -> int:
     from .detect import FaceDetector
     from .image import ImageLoadError, load_error_message, load_image
-    from .protect import default_ensemble
     from .report import LIMITATIONS, ProtectionEvaluator
+    from .zoo.manifest import Roles
     from .zoo.registry import ModelNotReady
 
     path = args.photo
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         original,
         protected,
         faces[:1],
-        args.ensemble or default_ensemble(),
+        args.ensemble or list(Roles.load().ensemble),
         references,
         reference_faces,
         full_sweep=args.full_sweep,
