@@ -172,6 +172,16 @@ def test_bad_rows_and_missing_data_are_refused_before_any_work(tmp_path, capsys,
     assert "no data folder" in capsys.readouterr().err
 
 
+def test_bad_knobs_and_trained_surrogates_are_refused_before_any_work(tmp_path, capsys):
+    data = ["--data", str(tmp_path)]
+    assert transfer([*data, "--set", "no_such_knob=1"]) == 2
+    assert "no_such_knob" in capsys.readouterr().err
+    assert transfer([*data, "--surrogate", "rob"]) == 2
+    assert "--surrogate takes NAME=PATH" in capsys.readouterr().err
+    assert transfer([*data, "--surrogate", f"rob={tmp_path / 'missing.safetensors'}"]) == 2
+    assert "no file" in capsys.readouterr().err
+
+
 @pytest.mark.needs_models
 def test_transfer_matrix_end_to_end_on_two_identities(shared_data, tmp_path, capsys):
     manifest = load_manifest()

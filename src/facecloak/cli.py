@@ -153,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_bench_parsers
 
     add_bench_parsers(sub)
+
+    from .train import surrogate as train_surrogate
+
+    surrogate = sub.add_parser(
+        "train-surrogate", help="fine-tune a model into a slightly robust surrogate whose attacks transfer better"
+    )
+    train_surrogate.add_arguments(surrogate)
+    surrogate.set_defaults(func=train_surrogate.run)
     return parser
 
 

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..core.attack import Cloak, face_crops
+from ..core.attack import Cloak, face_crops, parse_assignments
 from ..core.detect import Face
 from ..core.device import configure_cpu_threads
 from ..core.export import export_protected
@@ -484,24 +484,50 @@ def _check_ready(names: Sequence[str], manifest: Mapping[str, Any]) -> None:
         )
 
 
+def _trained_surrogates(given: Sequence[str]) -> dict[str, FaceModel]:
+    """``--surrogate NAME=PATH`` items: trained surrogates (``facecloak train-surrogate``) loaded under NAME."""
+    out: dict[str, FaceModel] = {}
+    for item in given:
+        from ..train.surrogate import load_surrogate
+
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"--surrogate takes NAME=PATH, got {item!r}")
+        if not Path(path).is_file():
+            raise ValueError(f"--surrogate {name}: no file {path}")
+        out[name.strip()] = load_surrogate(Path(path), name=name.strip())
+    return out
+
+
+def _settings_slug(knobs: Mapping[str, object]) -> str:
+    """``--set`` knobs as a results-page key part, e.g. ``-effort_margin-0.0``."""
+    return "".join(f"-{k}-{v}" for k, v in sorted(knobs.items())).replace(" ", "")
+
+
 @reports_input_errors
 def run_transfer_benchmark(args: argparse.Namespace) -> int:
     manifest, roles = load_manifest(), Roles.load()
+    columns = transfer_columns(manifest, roles.evaluators)
     try:
+        knobs = parse_assignments(args.set)
+        config = build_config(args.preset, steps=args.steps, knobs=knobs)
+        trained = _trained_surrogates(args.surrogate)
+        taken = sorted(set(trained) & set(manifest))
+        if taken:
+            raise ValueError(f"--surrogate {taken[0]}: a model of the zoo has that name; choose another")
+        manifest = {**manifest, **{name: model.spec for name, model in trained.items()}}
         rows = _rows(args, roles, list(manifest))
     except ValueError as err:
         print(err, file=sys.stderr)
         return 2
-    columns = transfer_columns(manifest, roles.evaluators)
     if min(args.identities, args.probes, 1 if args.steps is None else args.steps) < 1:
         raise BenchInputError("--identities, --probes and --steps must be at least 1")
     folders, root = data_folders(args.data, ("lfw", "people"))
     check_results_page(args.results)
     plan = plan_matrix(rows, columns, manifest)
-    _check_ready(plan.models, manifest)
-    config = build_config(args.preset, steps=args.steps)
+    _check_ready([n for n in plan.models if n not in trained], manifest)
     configure_cpu_threads()
-    models = {name: load_model(name) for name in plan.models}
+    models = {name: trained[name] if name in trained else load_model(name) for name in plan.models}
     thresholds = {n: manifest[n].verification.threshold_far_1e3 for n in plan.models if manifest[n].verification}
     scorer_names = list(dict.fromkeys(n for scorers in plan.scorers.values() for n in scorers))
     clean = CleanEmbeddings({n: models[n] for n in scorer_names})
@@ -520,15 +546,17 @@ def run_transfer_benchmark(args: argparse.Namespace) -> int:
         summaries[folder.name] = result.summary(manifest)
         heading = f"### Transfer matrix, `{args.preset}` preset"
         heading += f", steps {args.steps}" if args.steps is not None else ""
+        heading += f", {' '.join(args.set)}" if args.set else ""
         heading += f", {dataset_label([str(folder)])} ({len(faces)} faces)"
         table = transfer_table(result, manifest, heading, this_command(root))
         print("\n" + table + "\n")
         steps = f"-steps{args.steps}" if args.steps is not None else ""
-        write_section(args.results, f"transfer-{args.preset}{steps}-{folder.name}", table)
+        key = f"transfer-{args.preset}{steps}{_settings_slug(knobs)}-{folder.name}"
+        write_section(args.results, key, table)
     if not summaries:
         raise BenchInputError("no photo folder with usable identities: pass --data with lfw/ or people/ style folders")
     if args.output:
-        write_json(args.output, {"preset": args.preset, "steps": config.steps, "folders": summaries})
+        write_json(args.output, {"preset": args.preset, "steps": config.steps, "set": knobs, "folders": summaries})
     return 0
 
 
@@ -556,6 +584,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ROW",
         help="surrogate sets, one row each: 'default' (the manifest's ensemble), 'default+NAME', 'default-NAME' "
         "(combinable), or 'NAME,NAME,...' (default: default)",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KNOB=VALUE",
+        help="attack knobs for every cell, as 'facecloak protect --set' (default: the preset's)",
+    )
+    parser.add_argument(
+        "--surrogate",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a trained surrogate (facecloak train-surrogate) usable in --rows as NAME; its family is its base "
+        "model's (default: none)",
     )
     parser.add_argument("--output", type=Path, default=None, help="write the matrix as JSON here (default: none)")
     add_results_argument(parser)
