@@ -147,10 +147,7 @@ class _BilinearUpsampler:
 
 
 def compose(
-    photo: torch.Tensor,
-    regions: Sequence[_FaceRegion],
-    deltas: Sequence[torch.Tensor],
-    budget: float | Sequence[float],
+    photo: torch.Tensor, regions: Sequence[_FaceRegion], deltas: Sequence[torch.Tensor], budget: float
 ) -> tuple[torch.Tensor, list[float]]:
     """Upsample each face's change onto the photo, quantise, and hold the DSSIM budget at full size.
 
@@ -160,14 +157,13 @@ def compose(
         photo: ``1,3,H,W`` clean photo in [0, 1] (not modified).
         regions: the faces' working regions.
         deltas: per region, its ``1,3,h,w`` change at working resolution.
-        budget: face DSSIM each face may reach at the photo's resolution: one for all, or one per region.
+        budget: face DSSIM each face may reach at the photo's resolution.
 
     Returns:
         The protected photo (8-bit values) and each face's DSSIM.
     """
     out = photo.detach().clone()
-    budgets = [float(budget)] * len(regions) if isinstance(budget, int | float) else list(budget)
-    return out, [_place_change(out, *item) for item in zip(regions, deltas, budgets, strict=True)]
+    return out, [_place_change(out, region, delta, budget) for region, delta in zip(regions, deltas, strict=True)]
 
 
 def _place_change(out: torch.Tensor, region: _FaceRegion, delta: torch.Tensor, budget: float) -> float:

@@ -7,7 +7,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,9 +27,6 @@ from .execution import Execution
 from .region import _FaceRegion, working_region
 
 ProgressCallback = Callable[[int, int, float], None]  # (step, steps, loss) after each step
-# per-face effort: a face counts as protected once its surrogates stay below threshold on this many steps in a row
-# (each step samples only a few views, so one step's views alone are a noisy verdict)
-EFFORT_CONFIRM_STEPS = 2
 
 
 class CloakCancelled(RuntimeError):
@@ -72,7 +69,6 @@ class _FaceStep:
 
     grad: torch.Tensor
     similarity: dict[str, torch.Tensor]  # per model, the mean cosine to the clean embedding over its views
-    worst: dict[str, torch.Tensor]  # per model, the highest cosine to the clean embedding over its views
     dssim: torch.Tensor  # working-copy face DSSIM the step started from
 
 
@@ -118,12 +114,6 @@ class Cloak:
         self.device = next(self.models[0].parameters()).device
         self.execution = execution or Execution.for_device(self.device, self.config)
         self.memory = AlbumMemory(self.models[0])
-        # per surrogate, the cosine at which it matches at FAR 1e-3 (per-face effort); models without one are skipped
-        self.thresholds = {
-            m.name: spec.verification.threshold_far_1e3
-            for m in self.models
-            if (spec := getattr(m, "spec", None)) is not None and spec.verification is not None
-        }
         use_lpips = self.config.lpips_weight > 0 and (lpips is not None or lpips_available())
         self.lpips: LPIPSMeasure | None = (lpips or LPIPSMeasure(self.device)) if use_lpips else None
 
@@ -165,12 +155,7 @@ class Cloak:
         deltas = self._optimise(targets, deltas, warm, goal, reached, history, progress, should_cancel)
         synchronize(self.device)
         composing = time.perf_counter()
-        # a face that spent its effort cap worked on a region with a raised budget (see _optimise)
-        budgets = [
-            config.dssim_budget * (config.effort_cap if t.region is not r else 1.0)
-            for t, r in zip(targets, regions, strict=True)
-        ]
-        protected, face_dssim = compose(photo, regions, deltas, budgets)
+        protected, face_dssim = compose(photo, regions, deltas, config.dssim_budget)
         canonical = [to_canonical(d.detach() * r.mask, r).cpu() for r, d in zip(regions, deltas, strict=True)]
         synchronize(protected.device)
         seconds = {"attack": composing - started, "compose": time.perf_counter() - composing}
@@ -196,51 +181,26 @@ class Cloak:
         Face by face, each step's numbers are read as soon as it is done. Batched, they are read one step late, so
         the device always has the next step queued; a run that meets its album goal then keeps the change of the
         step that met it, as face by face.
-
-        With per-face effort (``config.effort_margin``) a face whose surrogates are all below threshold by the
-        margin stops moving, the run ends when every face has, and after ``steps`` the faces still matched get
-        ``effort_cap`` times their DSSIM budget (their ``target.region`` is replaced) and up to
-        ``effort_extra_steps`` more steps.
         """
         config = self.config
         rng, np_rng = random.Random(config.seed), np.random.default_rng(config.seed)
         least = max(1, round(config.steps * config.warm_start_step_share)) if warm else config.steps
         steps = config.steps if goal is not None else least
-        effort = config.effort_margin is not None
-        total = steps + (config.effort_extra_steps if effort else 0)
         lag = 1 if self.execution.batched else 0
         pending: list[tuple[int, list[_FaceStep]]] = []
-        below = [0] * len(targets)  # per face, the steps in a row its surrogates were all below threshold
-
-        def done(i: int) -> bool:
-            return effort and below[i] >= EFFORT_CONFIRM_STEPS
 
         def record(step: int, faces: list[_FaceStep]) -> bool:
-            """Log the step; True when the run is to stop after it (the album goal is met, or every face is
-            protected)."""
-            self._record(step, total, faces, reached, history, progress)
-            if effort:
-                for i, face in enumerate(faces):
-                    below[i] = below[i] + 1 if self._below_thresholds(face) else 0
-                if all(done(i) for i in range(len(faces))):
-                    return True
+            """Log the step; True when the run is to stop after it (the album goal is met)."""
+            self._record(step, steps, faces, reached, history, progress)
             return goal is not None and step + 1 >= least and all(r <= t for r, t in zip(reached, goal, strict=True))
 
-        for step in range(total if targets else 0):
+        for step in range(steps if targets else 0):
             if should_cancel is not None and should_cancel():
                 raise CloakCancelled("cancelled")
-            if step == steps:  # the preset's steps are spent: faces still matched may spend up to the cap
-                while pending:
-                    if record(*pending.pop(0)):
-                        return deltas
-                for i, target in enumerate(targets):
-                    if not done(i):
-                        target.region = replace(target.region, budget=target.region.budget * config.effort_cap)
             views = sample_transforms(rng, config.views_per_step, config.robustness)
             shifts = [self._jitter(np_rng, target.region.face, len(views)) for target in targets]
             before = deltas
             deltas, faces = self._step(targets, deltas, views, shifts)
-            deltas = [old if done(i) else new for i, (old, new) in enumerate(zip(before, deltas, strict=True))]
             pending.append((step, faces))
             if len(pending) > lag and record(*pending.pop(0)):
                 if lag:  # the goal was met a step ago: keep that step's change, drop this one's
@@ -250,14 +210,6 @@ class Cloak:
         for item in pending:
             record(*item)
         return deltas
-
-    def _below_thresholds(self, face: _FaceStep) -> bool:
-        """Whether every surrogate with a threshold is below it by ``effort_margin`` on all of the step's views (never,
-        when no surrogate has a threshold: there is nothing to judge the face by)."""
-        margin = self.config.effort_margin or 0.0
-        return bool(self.thresholds) and all(
-            float(face.worst[name]) < threshold - margin for name, threshold in self.thresholds.items()
-        )
 
     def _record(
         self,
@@ -359,10 +311,10 @@ class Cloak:
         ]
         # each degradation applied once per face, shared by every model
         degraded = [[self._view(view, image) for view in views] for image in protected]
-        sims, worst, view_grads = self._ensemble_gradient(targets, degraded, shifts)
+        sims, view_grads = self._ensemble_gradient(targets, degraded, shifts)
         out = []
-        for target, leaf, image, face_views, face_grads, face_sims, face_worst in zip(
-            targets, leaves, protected, degraded, view_grads, sims, worst, strict=True
+        for target, leaf, image, face_views, face_grads, face_sims in zip(
+            targets, leaves, protected, degraded, view_grads, sims, strict=True
         ):
             region, on_face = target.region, target.on_face
             (attack_grad,) = torch.autograd.grad(face_views, leaf, grad_outputs=face_grads, retain_graph=True)
@@ -377,7 +329,7 @@ class Cloak:
                 (lpips_grad,) = torch.autograd.grad(self.lpips.distance(image, region.clean).sum(), leaf)
                 perceptual = perceptual + self.config.lpips_weight * on_face.unit(lpips_grad)
             grad = on_face.unit(attack_grad) + self.config.quality_weight * perceptual
-            out.append(_FaceStep(grad, face_sims, face_worst, quality.detach()))
+            out.append(_FaceStep(grad, face_sims, quality.detach()))
         return out
 
     def _ensemble_gradient(
@@ -385,16 +337,15 @@ class Cloak:
         targets: Sequence[_Target],
         degraded: Sequence[Sequence[torch.Tensor]],
         shifts: Sequence[Sequence[np.ndarray | None]],
-    ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]], list[list[torch.Tensor]]]:
-        """Per face, each model's mean and highest similarity to the clean face over its views, and the gradient of
-        the similarities with respect to each degraded view, each model's share scaled to unit size on the face.
+    ) -> tuple[list[dict[str, torch.Tensor]], list[list[torch.Tensor]]]:
+        """Per face, each model's mean similarity to the clean face, and the gradient of the similarities with
+        respect to each degraded view, each model's share scaled to unit size on the face.
 
         Each model sees the views of every face in one batch.
         """
         views = [[image.detach().requires_grad_(True) for image in face_views] for face_views in degraded]
         count = len(views[0])
         sims: list[dict[str, torch.Tensor]] = [{} for _ in targets]
-        worst: list[dict[str, torch.Tensor]] = [{} for _ in targets]
         combined = [[torch.zeros_like(image) for image in face_views] for face_views in views]
         for model in self.models:
             seen = max(1, min(count, self.config.model_views.get(model.name, count)))
@@ -406,19 +357,16 @@ class Cloak:
             with self._autocast(model):
                 embeddings = model(crops)
             embeddings = embeddings.float()
-            face_sims, face_worst = [], []
+            face_sims = []
             for f, target in enumerate(targets):
                 mine = embeddings if len(targets) == 1 else embeddings[f * seen : (f + 1) * seen]
-                per_view = mine @ target.clean[model.name][0].float()
-                face_sims.append(per_view.mean())
-                face_worst.append(per_view.detach().max())
+                face_sims.append((mine @ target.clean[model.name][0].float()).mean())
             total = face_sims[0] if len(face_sims) == 1 else torch.stack(face_sims).sum()
             grads = torch.autograd.grad(total, [image for face_views in views for image in face_views[:seen]])
             for f, target in enumerate(targets):
                 sims[f][model.name] = face_sims[f].detach()
-                worst[f][model.name] = face_worst[f]
                 self._accumulate(combined[f], grads[f * seen : (f + 1) * seen], target.on_face, count / seen)
-        return sims, worst, combined
+        return sims, combined
 
     def _accumulate(
         self, combined: list[torch.Tensor], grads: Sequence[torch.Tensor], on_face: _OnFace, share: float

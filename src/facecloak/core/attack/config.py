@@ -54,13 +54,6 @@ class CloakConfig:
             8.0 and later); float32 on older GPUs. Measured against float32 on the CPU (8 faces of people/): the
             ensemble's embeddings agree within cosine 0.996, their input gradients within cosine 0.92 (edgeface_s)
             to 0.99. float16 is not offered: edgeface_s overflows in it. Default: True.
-        effort_margin: per-face effort: a face stops once every surrogate with a measured threshold is below its
-            FAR 1e-3 threshold (``ModelSpec.verification``) by this cosine margin on every view of two steps in a
-            row, and a face still above after ``steps`` goes on (see ``effort_cap``); None = every face runs
-            ``steps`` within ``dssim_budget``. Default: None.
-        effort_cap: with ``effort_margin``, the face DSSIM budget a face still matched after ``steps`` may grow
-            to, as a multiple of ``dssim_budget``, in [1, 3]. Default: 1.5.
-        effort_extra_steps: with ``effort_margin``, the most steps such a face adds. Default: 15.
         seed: seed of the sampled degradations and landmark jitter. Default: 0.
     """
 
@@ -85,9 +78,6 @@ class CloakConfig:
     warm_start_until_matched: bool = True
     bfloat16: bool = True
     cuda_autocast: bool = True
-    effort_margin: float | None = None
-    effort_cap: float = 1.5
-    effort_extra_steps: int = 15
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -97,10 +87,6 @@ class CloakConfig:
             raise ValueError("dssim_budget must be in (0, 0.5)")
         if not 1 <= self.upsampled_budget_factor <= 4:
             raise ValueError("upsampled_budget_factor must be in [1, 4]")
-        if self.effort_margin is not None and not 0 <= self.effort_margin < 1:
-            raise ValueError("effort_margin must be in [0, 1)")
-        if not 1 <= self.effort_cap <= 3 or self.effort_extra_steps < 0:
-            raise ValueError("effort_cap must be in [1, 3] and effort_extra_steps >= 0")
 
 
 PRESETS: dict[str, CloakConfig] = {
@@ -129,8 +115,6 @@ def _coerce(name: str, value: object, default: object) -> object:
             raise ValueError(f"{name} takes true or false, not {value!r}")
         return value
     number = isinstance(value, int | float) and not isinstance(value, bool)
-    if default is None and (value is None or number):  # an optional number, off by default
-        return None if value is None else float(value)
     if isinstance(default, float) and number:
         return float(value)
     if isinstance(default, int) and number and float(value).is_integer():
