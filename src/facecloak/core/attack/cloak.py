@@ -184,8 +184,6 @@ class Cloak:
         """
         config = self.config
         rng, np_rng = random.Random(config.seed), np.random.default_rng(config.seed)
-        model_rng = random.Random(config.seed + 1)
-        known: list[dict[str, torch.Tensor]] = [{} for _ in targets]  # per face, each model's latest similarity
         least = max(1, round(config.steps * config.warm_start_step_share)) if warm else config.steps
         steps = config.steps if goal is not None else least
         lag = 1 if self.execution.batched else 0
@@ -193,9 +191,6 @@ class Cloak:
 
         def record(step: int, faces: list[_FaceStep]) -> bool:
             """Log the step; True when the run is to stop after it (the album goal is met)."""
-            for face_known, face in zip(known, faces, strict=True):  # models a step skipped keep their last value
-                face_known.update(face.similarity)
-            faces = [_FaceStep(f.grad, dict(k), f.dssim) for f, k in zip(faces, known, strict=True)]
             self._record(step, steps, faces, reached, history, progress)
             return goal is not None and step + 1 >= least and all(r <= t for r, t in zip(reached, goal, strict=True))
 
@@ -204,9 +199,8 @@ class Cloak:
                 raise CloakCancelled("cancelled")
             views = sample_transforms(rng, config.views_per_step, config.robustness)
             shifts = [self._jitter(np_rng, target.region.face, len(views)) for target in targets]
-            models = self._step_models(model_rng, step)
             before = deltas
-            deltas, faces = self._step(targets, deltas, views, shifts, models)
+            deltas, faces = self._step(targets, deltas, views, shifts)
             pending.append((step, faces))
             if len(pending) > lag and record(*pending.pop(0)):
                 if lag:  # the goal was met a step ago: keep that step's change, drop this one's
@@ -243,30 +237,20 @@ class Cloak:
         if progress is not None:
             progress(step + 1, steps, loss)
 
-    def _step_models(self, rng: random.Random, step: int) -> list[FaceModel]:
-        """The surrogates of one step: all of them on the first step and when ``models_per_step`` is 0, else that
-        many drawn at random, in ensemble order."""
-        count = self.config.models_per_step
-        if step == 0 or count <= 0 or count >= len(self.models):
-            return self.models
-        chosen = set(rng.sample(range(len(self.models)), count))
-        return [model for i, model in enumerate(self.models) if i in chosen]
-
     def _step(
         self,
         targets: Sequence[_Target],
         deltas: Sequence[torch.Tensor],
         views: Sequence[Transform],
         shifts: Sequence[Sequence[np.ndarray | None]],
-        models: Sequence[FaceModel],
     ) -> tuple[list[torch.Tensor], list[_FaceStep]]:
-        """One sign step for every face against ``models``: the new changes, and each face's share of the step."""
+        """One sign step for every face: the new changes, and each face's share of the step."""
         config = self.config
         project = project_into_budget_on_device if self.execution.batched else project_into_budget
         moved, faces = list(deltas), []
         for group in self.execution.groups(len(targets)):
             chosen = [targets[i] for i in group]
-            results = self._gradients(chosen, [deltas[i] for i in group], views, [shifts[i] for i in group], models)
+            results = self._gradients(chosen, [deltas[i] for i in group], views, [shifts[i] for i in group])
             for i, target, result in zip(group, chosen, results, strict=True):
                 region = target.region
                 with torch.no_grad():
@@ -317,7 +301,6 @@ class Cloak:
         deltas: Sequence[torch.Tensor],
         views: Sequence[Transform],
         shifts: Sequence[Sequence[np.ndarray | None]],
-        models: Sequence[FaceModel],
     ) -> list[_FaceStep]:
         """Per face, the gradient to descend (attack plus perceptual terms, each unit-scaled on the face so their
         weights mean the same whatever the photo), its similarities and its working face DSSIM."""
@@ -328,7 +311,7 @@ class Cloak:
         ]
         # each degradation applied once per face, shared by every model
         degraded = [[self._view(view, image) for view in views] for image in protected]
-        sims, view_grads = self._ensemble_gradient(targets, degraded, shifts, models)
+        sims, view_grads = self._ensemble_gradient(targets, degraded, shifts)
         out = []
         for target, leaf, image, face_views, face_grads, face_sims in zip(
             targets, leaves, protected, degraded, view_grads, sims, strict=True
@@ -354,7 +337,6 @@ class Cloak:
         targets: Sequence[_Target],
         degraded: Sequence[Sequence[torch.Tensor]],
         shifts: Sequence[Sequence[np.ndarray | None]],
-        models: Sequence[FaceModel],
     ) -> tuple[list[dict[str, torch.Tensor]], list[list[torch.Tensor]]]:
         """Per face, each model's mean similarity to the clean face, and the gradient of the similarities with
         respect to each degraded view, each model's share scaled to unit size on the face.
@@ -365,7 +347,7 @@ class Cloak:
         count = len(views[0])
         sims: list[dict[str, torch.Tensor]] = [{} for _ in targets]
         combined = [[torch.zeros_like(image) for image in face_views] for face_views in views]
-        for model in models:
+        for model in self.models:
             seen = max(1, min(count, self.config.model_views.get(model.name, count)))
             parts = [
                 self._crops(model, t.region, face_views[:seen], face_shifts[:seen])

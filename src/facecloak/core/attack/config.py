@@ -30,8 +30,6 @@ class CloakConfig:
         model_views: for named ensemble models, how many of each step's views they see (the first n; the other
             models see all); their say in the step is kept. Default: one view for both FaceNets
             (``facenet_casia``, ``facenet_vggface2``).
-        models_per_step: surrogates whose gradient each step follows, drawn at random per step (all of them on the
-            first step); 0 = every surrogate every step. Default: 0.
         robustness: which degradations are sampled, and their ranges. Default: ``RobustnessConfig()``.
         work_face_size: faces larger than this (pixels, box side) are attacked on a copy downscaled to it.
             Default: 224.
@@ -68,7 +66,6 @@ class CloakConfig:
     lpips_weight: float = 1.0
     views_per_step: int = 2
     model_views: dict[str, int] = field(default_factory=lambda: {"facenet_casia": 1, "facenet_vggface2": 1})
-    models_per_step: int = 0
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     work_face_size: int = 224
     gradient_sigma: float = 1.0
@@ -84,8 +81,8 @@ class CloakConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.views_per_step < 1 or self.models_per_step < 0:
-            raise ValueError("steps and models_per_step must be >= 0 and views_per_step >= 1")
+        if self.steps < 0 or self.views_per_step < 1:
+            raise ValueError("steps must be >= 0 and views_per_step >= 1")
         if not 0 < self.dssim_budget < 0.5:
             raise ValueError("dssim_budget must be in (0, 0.5)")
         if not 1 <= self.upsampled_budget_factor <= 4:
