@@ -148,6 +148,8 @@ def test_cells_count_pairs_below_threshold_and_the_mean_skips_older_columns():
     summary = MatrixResult(plan, scores, thresholds, 2).summary(ZOO)
     assert summary["rows"][0]["cells"]["a2"]["ensemble"] == ["b", "c"]
     assert summary["rows"][0]["cells"]["a2"]["share_unencoded"] == 0.25
+    # the pairs themselves, in order, so two runs on one sample can be compared face by face
+    assert summary["rows"][0]["cells"]["a2"]["similarities"] == scores.of(frozenset({"b", "c"}), "a2")
 
 
 def transfer(argv: Sequence[str]) -> int:
@@ -198,6 +200,9 @@ def test_transfer_matrix_end_to_end_on_two_identities(shared_data, tmp_path, cap
     [default] = summary["rows"]
     pairs = {cell["pairs"] for cell in default["cells"].values()}
     assert pairs == {2}  # every column scored both faces once
+    assert [p["pairs"] for p in summary["photos"]] == [1, 1] and "/" in summary["photos"][0]["photo"]
+    sface = default["cells"]["sface"]
+    assert len(sface["similarities"]) == 2 and len(sface["haarpsi_per_face"]) == 2
     assert default["cells"]["sface"]["ensemble"] == list(Roles.load().ensemble)
     assert "edgeface_s" not in default["cells"]["edgeface_s"]["ensemble"]
     assert 0 <= default["mean_modern"] <= 1 and 0.5 < default["haarpsi"] < 1.0

@@ -197,9 +197,11 @@ def plan_matrix(rows: Sequence[Row], columns: Sequence[str], manifest: Mapping[s
 @dataclass
 class Scores:
     """Cosine similarities of protected-vs-clean pairs, per (attack, scoring model, encoding), and face HaarPSI
-    per attack."""
+    per attack; ``faces`` names each protected photo with its number of pairs, in the order of the lists, so two
+    runs on the same sample can be compared face by face."""
 
     similarities: dict[tuple[Ensemble, str, str], list[float]] = field(default_factory=dict)
+    faces: list[tuple[str, int]] = field(default_factory=list)
     haarpsi: dict[Ensemble, list[float]] = field(default_factory=dict)
     seconds: dict[Ensemble, list[float]] = field(default_factory=dict)
 
@@ -330,6 +332,7 @@ def run_matrix(
             print(f"skipping {item.photo.name}: {err}", file=sys.stderr)
             continue
         references = [clean.get(path, face) for path, face in item.references]
+        scores.faces.append((f"{item.photo.parent.name}/{item.photo.name}", len(references)))
         for key, cloak in cloaks.items():
             cloak.memory.clear()  # every face from cold: a warm start would carry one ensemble's change to another
             t0 = time.perf_counter()
@@ -402,7 +405,8 @@ class MatrixResult:
                     "seconds_per_face": _mean(self.scores.seconds.get(frozenset(row.surrogates), [])),
                 }
             )
-        return {"faces": self.faces, "columns": self.plan.columns, "rows": rows}
+        photos = [{"photo": name, "pairs": pairs} for name, pairs in self.scores.faces]
+        return {"faces": self.faces, "photos": photos, "columns": self.plan.columns, "rows": rows}
 
     def _cell_summary(self, row: Row, column: str) -> dict[str, Any] | None:
         attack = self.plan.cells[(row.name, column)]
@@ -418,6 +422,8 @@ class MatrixResult:
             "ci": exported.interval,
             "share_unencoded": unencoded.share,
             "haarpsi": exported.haarpsi,
+            "similarities": self.scores.of(attack, column),
+            "haarpsi_per_face": self.scores.haarpsi.get(attack, []),
         }
 
 
