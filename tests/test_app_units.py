@@ -11,6 +11,7 @@ import numpy as np
 from facecloak.app.model import RunSettings
 from facecloak.app.output import export_options
 from facecloak.app.preview import amplified_difference
+from facecloak.app.settings_panel import PRESET_HELP
 from facecloak.app.window import existing_outputs_text, format_eta, run_summary_text
 from facecloak.app.worker import (
     PhotoJob,
@@ -109,7 +110,10 @@ def test_the_app_builds_its_attack_config_with_the_shared_builder():
     high = preset("high")
     assert (config.steps, config.dssim_budget, config.epsilon) == (3, 0.002, high.epsilon)
     assert config.robustness.blur and not config.robustness.jpeg and config.robustness.resize
-    assert cloak_config(RunSettings(preset="low")) == preset("low")  # nothing overridden: the preset itself
+    assert cloak_config(RunSettings(preset="low", device="cpu")) == preset("low")  # nothing overridden: the preset
+    # the settings' device picks the preset's GPU form, and the preset's help says what differs there
+    assert cloak_config(RunSettings(preset="mid", device="cuda")) == preset("mid", gpu=True)
+    assert "15 steps, 30 on a GPU" in PRESET_HELP["mid"] and "on a GPU" not in PRESET_HELP["high"]
 
 
 def test_run_summary_counts_every_photo_as_what_happened_to_it():

@@ -7,6 +7,7 @@ last one runs the real models and checks that the app and the command line write
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -110,9 +111,21 @@ def test_the_config_builder_applies_the_preset_then_each_override_and_the_expert
     assert not config.robustness.jpeg and config.robustness.blur and config.robustness.resize
     assert build_config("low") == preset("low")
     # what the command line and bench tune built before: the preset, then the knobs
-    assert build_config("mid", knobs={"robustness": {"blur": False}}) == with_overrides(
+    assert build_config("mid", knobs={"robustness": {"blur": False}}, device="cpu") == with_overrides(
         preset("mid"), {"robustness": {"blur": False}}
     )
+
+
+def test_on_a_gpu_the_builder_takes_the_gpu_preset_and_an_explicit_steps_still_wins():
+    cpu, gpu = build_config("mid", device="cpu"), build_config("mid", device="cuda")
+    assert (cpu.steps, gpu.steps) == (15, 30)  # the GPU's cheap steps go to mid's effort
+    assert replace(gpu, steps=cpu.steps) == cpu  # and to nothing else
+    assert build_config("mid", steps=12, device="cuda").steps == 12
+    assert build_config("mid", knobs={"steps": 9}, device=torch.device("cuda")).steps == 9
+    assert build_config("high", device="cuda") == build_config("high", device="cpu")
+    # "auto" is the GPU exactly when the pipeline would pick one
+    expected = 30 if torch.cuda.is_available() else 15
+    assert build_config("mid", device="auto").steps == expected
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,7 @@ def protection_key(settings: Any) -> tuple:
         settings.blur,
         settings.jpeg,
         settings.resize,
+        settings.device,  # a GPU runs the preset's GPU form (more steps, bfloat16)
     )
 
 

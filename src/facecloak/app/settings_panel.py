@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from facecloak.core.attack import PRESETS
+from facecloak.core.attack import PRESETS, preset
 from facecloak.core.device import device_label
 
 from .model import PRESET_NAMES, RunSettings
@@ -29,11 +29,17 @@ _PRESET_WORDS = {
     "mid": "balanced",
     "high": "strongest protection; the change can be visible on close inspection",
 }
+
+
+def _preset_help(name: str) -> str:
+    """The preset in words, with its steps (on a CUDA GPU too, where they differ) and budget."""
+    steps, gpu_steps = PRESETS[name].steps, preset(name, gpu=True).steps
+    effort = f"{steps} steps" + (f", {gpu_steps} on a GPU" if gpu_steps != steps else "")
+    return f"{name}: {_PRESET_WORDS[name]} ({effort}, face DSSIM <= {PRESETS[name].dssim_budget})"
+
+
 # numbers from the engine's own presets, so the help never drifts from what runs
-PRESET_HELP = {
-    name: f"{name}: {_PRESET_WORDS[name]} ({PRESETS[name].steps} steps, face DSSIM <= {PRESETS[name].dssim_budget})"
-    for name in PRESET_NAMES
-}
+PRESET_HELP = {name: _preset_help(name) for name in PRESET_NAMES}
 
 
 class SettingsPanel(QWidget):

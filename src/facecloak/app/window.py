@@ -815,9 +815,10 @@ class MainWindow(PathDropTarget, QMainWindow):
 
     @staticmethod
     def _steps(settings: RunSettings) -> int:
-        from facecloak.core.attack import PRESETS
+        from facecloak.core.attack import preset
+        from facecloak.core.device import resolves_to_cuda
 
-        return settings.steps or PRESETS[settings.preset].steps
+        return settings.steps or preset(settings.preset, gpu=resolves_to_cuda(settings.device)).steps
 
     def _start_progress(self) -> None:
         self.progress.setValue(0)

@@ -187,7 +187,7 @@ def cloak_config(settings: RunSettings) -> CloakConfig:
     from facecloak.core.protect import build_config
 
     robustness = {"blur": settings.blur, "jpeg": settings.jpeg, "resize": settings.resize}
-    return build_config(settings.preset, settings.steps, settings.dssim_budget, robustness)
+    return build_config(settings.preset, settings.steps, settings.dssim_budget, robustness, device=settings.device)
 
 
 class Worker(QObject):

@@ -231,7 +231,7 @@ def run_protect_benchmark(args: argparse.Namespace) -> int:
     if args.quick:  # end-to-end check for CI: a few identities, a couple of steps, one view
         overrides = {"steps": min(args.steps or 2, 2), "views_per_step": 1}
         args.identities, args.probes, folders = min(args.identities, 4), min(args.probes, 2), folders[:1]
-    config = build_config(args.preset, knobs=overrides)
+    config = build_config(args.preset, knobs=overrides, device="cpu")  # the models below load on the CPU
     ensemble = [load_model(n) for n in ensemble_names]
     evaluators = [load_model(n) for n in evaluator_names]
     cloak = Cloak(ensemble, config)

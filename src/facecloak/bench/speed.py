@@ -305,11 +305,11 @@ def speed_table(rows: Sequence[SpeedRow]) -> list[str]:
     return lines
 
 
-def _speed_config(name: str, assignments: Sequence[str]):
+def _speed_config(name: str, assignments: Sequence[str], device: torch.device):
     from ..core.attack import parse_assignments, preset, with_overrides
 
     try:
-        return with_overrides(preset(name), parse_assignments(assignments))
+        return with_overrides(preset(name, gpu=device.type == "cuda"), parse_assignments(assignments))
     except ValueError as err:
         raise BenchInputError(f"--set: {err}") from err
 
@@ -325,8 +325,8 @@ def run_speed_benchmark(args: argparse.Namespace) -> int:
     if not photo_path.is_file():
         raise BenchInputError(f"{photo_path} not found (pass --photo, or --data DIR holding {SPEED_PHOTO})")
     check_results_page(args.results)
-    configs = {name: _speed_config(name, args.set) for name in args.presets}
     device = _device(args.device)
+    configs = {name: _speed_config(name, args.set, device) for name in args.presets}
     rows: list[SpeedRow] = []
     with tempfile.TemporaryDirectory(prefix="facecloak-speed-") as folder:
         source = _timed_source(photo_path, args.megapixels, Path(folder))

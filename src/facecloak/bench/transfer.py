@@ -516,7 +516,7 @@ def run_transfer_benchmark(args: argparse.Namespace) -> int:
     columns = transfer_columns(manifest, roles.evaluators)
     try:
         knobs = parse_assignments(args.set)
-        config = build_config(args.preset, steps=args.steps, knobs=knobs)
+        config = build_config(args.preset, steps=args.steps, knobs=knobs, device="cpu")
         trained = _trained_surrogates(args.surrogate)
         taken = sorted(set(trained) & set(manifest))
         if taken:

@@ -83,7 +83,7 @@ def run_tune_benchmark(args: argparse.Namespace) -> int:
     configs = {}
     for name, overrides in variants.items():
         try:  # every variant checked before the first minute of work
-            configs[name] = build_config(args.preset, knobs=overrides)
+            configs[name] = build_config(args.preset, knobs=overrides, device="cpu")
         except ValueError as err:
             print(f"variant {name}: {err}")
             return 2

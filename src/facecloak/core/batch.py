@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .attack import CloakConfig, parse_assignments
+from .device import resolves_to_cuda
 from .export import ExportOptions, export_target, facecloak_marker, remove_stale_temp_files
 from .files import replace_atomically
 from .image import ImageLoadError, display_name, display_path
@@ -156,12 +157,15 @@ class BatchSettings:
         data = {"preset": self.preset, "steps": self.steps, "ensemble": self.ensemble, **asdict(self.options)}
         if self.knobs:
             data["knobs"] = list(self.knobs)
+        if resolves_to_cuda(self.device):  # the GPU's presets differ (GPU_PRESETS); CPU runs keep their fingerprint
+            data["gpu"] = True
         data.pop("overwrite", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def cloak_config(self) -> CloakConfig:
-        """The preset, then ``steps``, then the expert knobs; ValueError names a bad knob."""
-        return build_config(self.preset, steps=self.steps, knobs=parse_assignments(self.knobs))
+        """The preset (as it runs on ``device``), then ``steps``, then the expert knobs; ValueError names a bad
+        knob."""
+        return build_config(self.preset, steps=self.steps, knobs=parse_assignments(self.knobs), device=self.device)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

@@ -40,6 +40,15 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def resolves_to_cuda(name: str | torch.device) -> bool:
+    """Whether the device setting ``name`` (``auto`` resolved as :func:`select_device` does) is a CUDA GPU, without
+    touching the CPU's thread settings."""
+    if isinstance(name, torch.device):
+        return name.type == "cuda"
+    name = name.lower()
+    return name == "cuda" or (name == "auto" and available_devices()[0] == "cuda")
+
+
 def idle_cpu_count() -> int:
     """CPUs this process may use that are not already busy (1-minute load average)."""
     try:

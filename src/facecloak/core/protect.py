@@ -26,7 +26,7 @@ import torch
 
 from .attack import Cloak, CloakConfig, CloakResult, ProgressCallback, preset, with_overrides
 from .detect import Face, FaceDetector
-from .device import select_device
+from .device import resolves_to_cuda, select_device
 from .export import ExportError, ExportOptions, check_not_original, write_protected
 from .image import PHOTO_SUFFIXES, ImageLoadError, display_path, open_photo, pil_to_tensor
 from .zoo.manifest import Roles
@@ -141,16 +141,20 @@ def build_config(
     dssim_budget: float | None = None,
     robustness: Mapping[str, bool] | None = None,
     knobs: Mapping[str, object] | None = None,
+    device: str | torch.device = "auto",
 ) -> CloakConfig:
     """The attack's configuration: the preset, then each override given (None: the preset's own).
 
     Args:
-        preset_name: ``low``, ``mid`` or ``high``.
+        preset_name: ``low``, ``mid`` or ``high``; as it runs on a CUDA GPU when ``device`` is one
+            (:data:`~.attack.config.GPU_PRESETS`).
         steps: optimisation steps per face.
         dssim_budget: the face-region DSSIM budget.
         robustness: degradation kinds switched on or off by name, e.g. ``{"jpeg": False}``.
         knobs: expert overrides of any knob by name, applied last (see :func:`~.attack.with_overrides`;
             ``--set KNOB=VALUE`` strings become one with :func:`~.attack.parse_assignments`).
+        device: the device setting the attack will run on (``auto`` as :class:`Protector` resolves it).
+            Default: ``auto``.
 
     Raises:
         ValueError: an unknown preset or knob, or a value out of range (the message names it).
@@ -163,7 +167,7 @@ def build_config(
     for kind, on in (robustness or {}).items():
         changes[f"robustness.{kind}"] = on
     changes.update(knobs or {})
-    return with_overrides(preset(preset_name), changes)
+    return with_overrides(preset(preset_name, gpu=resolves_to_cuda(device)), changes)
 
 
 # -- the pipeline -----------------------------------------------------------------------------------------
