@@ -356,6 +356,7 @@ def test_speed_benchmark_times_every_stage_with_random_weights(tmp_path, monkeyp
         in section
     )
     assert "Share of the time per stage: low: load " in section and "random weights" in section
+    assert "steps per face: low 2." in section  # the steps that ran (a GPU's presets take more)
     assert not list(tmp_path.glob("*_cloaked*"))  # the protected copy went to a temporary folder
 
 

@@ -357,7 +357,9 @@ def run_speed_benchmark(args: argparse.Namespace) -> int:
         f"{', '.join(pipeline.ensemble)}"
         + (f"; {RANDOM_NOTE}" if args.random_weights else "")
         + f"; detection{' and report' if args.report else ''} included, every counted run cold (no warm start "
-        "from an earlier photo). "
+        "from an earlier photo); steps per face: "
+        + ", ".join(f"{name} {config.steps}" for name, config in configs.items())
+        + ". "
         f"Peak RSS of the whole run: {peak_rss:.0f} MB.",
         "",
         *speed_table(rows),
