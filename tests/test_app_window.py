@@ -283,6 +283,23 @@ def test_an_ensemble_saved_against_an_older_default_falls_back_to_todays(window,
     panel.store.setValue("run/ensemble", offered)
 
 
+def test_the_cpu_label_names_the_threads_the_attack_will_get(qapp, tmp_path, monkeypatch):
+    """The window applies the engine's thread rule at start-up, so the label is not torch's default count."""
+    from facecloak.core.device import configure_cpu_threads
+
+    monkeypatch.setenv("FACECLOAK_THREADS", "2")  # the rule's override; the test process otherwise runs 1 thread
+    settings = QSettings(str(tmp_path / "facecloak.ini"), QSettings.Format.IniFormat)
+    win = MainWindow(settings)
+    try:
+        panel = win.settings_panel
+        texts = [panel.device.itemText(i) for i in range(panel.device.count())]
+        assert "cpu: CPU (2 thread(s))" in texts
+    finally:
+        win.shutdown()
+        win.close()
+        configure_cpu_threads(1)
+
+
 def test_the_device_setting_names_the_hardware_that_runs_the_attack(window, monkeypatch):
     from facecloak.app.settings_panel import SettingsPanel
     from facecloak.core import device as device_module

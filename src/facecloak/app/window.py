@@ -103,9 +103,10 @@ class MainWindow(PathDropTarget, QMainWindow):
 
         self.manifest = load_manifest()
         self.roles = load_roles()
-        from facecloak.core.device import available_devices
+        from facecloak.core.device import available_devices, configure_cpu_threads
 
         self.devices = available_devices()
+        configure_cpu_threads()  # the engine's rule, applied now so the settings name the threads the attack gets
 
         # worker thread: all torch work happens there
         self.control = RunControl()
