@@ -53,7 +53,7 @@ from .report_image import compose_report_image, report_paths
 from .report_panel import ReportPanel, limitations_text
 from .run_state import Mode, RunProgress, Stage, format_eta, protection_key
 from .settings_panel import SettingsPanel
-from .worker import NOT_SAVED, ExportItem, PhotoJob, RunControl, Worker
+from .worker import NOT_SAVED, ExportItem, PhotoJob, RunControl, Worker, cloak_config
 
 IMAGE_EXTENSIONS = "*.jpg *.jpeg *.png *.webp *.bmp *.tif *.tiff"
 # Closing waits this long for the worker (it stops within about a second); past it, the window stays open,
@@ -816,10 +816,7 @@ class MainWindow(PathDropTarget, QMainWindow):
 
     @staticmethod
     def _steps(settings: RunSettings) -> int:
-        from facecloak.core.attack import preset
-        from facecloak.core.device import resolves_to_cuda
-
-        return settings.steps or preset(settings.preset, gpu=resolves_to_cuda(settings.device)).steps
+        return cloak_config(settings).steps  # the steps the worker's attack will run, on the settings' device
 
     def _start_progress(self) -> None:
         self.progress.setValue(0)

@@ -27,12 +27,8 @@ def select_device(name: str = "auto") -> torch.device:
     ``auto`` prefers CUDA, then Apple MPS, then the CPU. Asking for a device that is absent
     raises ``ValueError`` with the list of what is there, rather than silently falling back.
     """
-    name = name.lower()
-    if name not in _DEVICE_NAMES:
-        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(_DEVICE_NAMES)}")
+    name = _resolve(name)
     found = available_devices()
-    if name == "auto":
-        name = found[0]
     if name not in found:
         raise ValueError(f"device {name!r} is not available here; available: {', '.join(found)}")
     if name == "cpu":
@@ -40,13 +36,21 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def _resolve(name: str) -> str:
+    """The device setting ``name`` lowered, ``auto`` replaced by the best device here (CUDA, MPS, then the CPU);
+    ValueError for a name that is no device setting. Whether the device is present is the caller's question."""
+    name = name.lower()
+    if name not in _DEVICE_NAMES:
+        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(_DEVICE_NAMES)}")
+    return available_devices()[0] if name == "auto" else name
+
+
 def resolves_to_cuda(name: str | torch.device) -> bool:
     """Whether the device setting ``name`` (``auto`` resolved as :func:`select_device` does) is a CUDA GPU, without
     touching the CPU's thread settings."""
     if isinstance(name, torch.device):
         return name.type == "cuda"
-    name = name.lower()
-    return name == "cuda" or (name == "auto" and available_devices()[0] == "cuda")
+    return _resolve(name) == "cuda"
 
 
 def idle_cpu_count() -> int:
