@@ -54,7 +54,7 @@ class FakeCloak:
             time.sleep(engine.step_s)
             if progress is not None:
                 progress(step, engine.steps, 0.0)
-        return SimpleNamespace(photo=(photo * 0.9 + 0.05).clamp(0, 1), face_dssim=[0.01])
+        return SimpleNamespace(photo=(photo * 0.9 + 0.05).clamp(0, 1), face_dssim=[0.01], steps=[None] * engine.steps)
 
 
 class FakeModel:

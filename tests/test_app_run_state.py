@@ -147,10 +147,21 @@ def test_format_eta_reads_like_a_person_would_say_it():
 
 
 def test_only_settings_that_change_the_pixels_change_the_protection_key():
+    here = ["cpu"]
     base = RunSettings(preset="mid")
-    assert protection_key(base) == protection_key(RunSettings(preset="mid", output_dir="/elsewhere", suffix="_x"))
-    assert protection_key(base) != protection_key(RunSettings(preset="high"))
-    assert protection_key(base) != protection_key(RunSettings(preset="mid", steps=3))
+    moved = RunSettings(preset="mid", output_dir="/elsewhere", suffix="_x")
+    assert protection_key(base, here) == protection_key(moved, here)
+    assert protection_key(base, here) != protection_key(RunSettings(preset="high"), here)
+    assert protection_key(base, here) != protection_key(RunSettings(preset="mid", steps=3), here)
+
+
+def test_the_protection_key_holds_the_device_the_attack_runs_on():
+    auto, cpu, cuda = (RunSettings(preset="mid", device=d) for d in ("auto", "cpu", "cuda"))
+    # without a GPU "auto" is the CPU: switching between them changes no pixel
+    assert protection_key(auto, ["cpu"]) == protection_key(cpu, ["cpu"])
+    # with one, "auto" runs the GPU's preset: the CPU protects differently
+    assert protection_key(auto, ["cuda", "cpu"]) == protection_key(cuda, ["cuda", "cpu"])
+    assert protection_key(auto, ["cuda", "cpu"]) != protection_key(cpu, ["cuda", "cpu"])
 
 
 def test_mode_compares_equal_to_its_word():

@@ -198,6 +198,9 @@ def test_protect_real_face_writes_output_and_report(qtbot, window, album_dir, tm
     assert window.save_report_json(report_dir / "r.json")
     data = json.loads((report_dir / "r.json").read_text())
     assert data["ensemble"] == [ENSEMBLE] and data["evaluators"] == [EVALUATOR]
+    # the effort that protected the photo: in the saved report and in the panel
+    assert data["attack"]["steps"] >= 1 and data["attack"]["device"] in panel.summary.text()
+    assert f"Protected in {data['attack']['steps']} step(s)" in panel.summary.text()
     assert window.save_report_png(report_dir / "r.png")
     assert Image.open(report_dir / "r.png").size[0] >= 400
 

@@ -57,7 +57,7 @@ class FakeProtector(Protector):
         self.protected: list[Path] = []
 
     def protect_tensor(self, photo, faces=None, progress=None, should_cancel=None, config=None):
-        return SimpleNamespace(photo=photo.clone(), face_dssim=[0.001] * len(faces or []))
+        return SimpleNamespace(photo=photo.clone(), face_dssim=[0.001] * len(faces or []), steps=[None])
 
     def protect_file(self, source, target, options, *args, **kwargs):
         self.protected.append(Path(source))

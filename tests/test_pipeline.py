@@ -52,7 +52,7 @@ class FakeCloak:
                 raise CloakCancelled("cancelled")
             if progress is not None:
                 progress(step, self.steps, 0.0)
-        return SimpleNamespace(photo=photo * 0.5, face_dssim=[0.01] * len(faces))
+        return SimpleNamespace(photo=photo * 0.5, face_dssim=[0.01] * len(faces), steps=[None] * self.steps)
 
 
 class FakeProtector(Protector):
@@ -158,6 +158,7 @@ def test_a_photo_is_decoded_once_protected_and_written_to_the_target_given(tmp_p
     assert outcome.status is Status.PROTECTED and outcome.output == tmp_path / "out" / "day1" / "x_cloaked.png"
     assert outcome.faces == (FACE,) and outcome.face_dssim == (0.01,) and outcome.message == ""
     assert started == [1] and steps == [1, 2, 3]
+    assert outcome.steps == 3 and outcome.device.startswith("CPU")  # the effort that protected it
     original = pixels(source)
     assert np.array_equal(pixels(target), np.round(original * 0.5).astype(np.uint8))  # the attack's pixels
     assert torch.equal(outcome.clean, pil_to_tensor(Image.fromarray(original)))
@@ -291,6 +292,7 @@ def test_measure_reads_the_copy_as_written_or_the_pixels_in_memory(tmp_path, pro
     assert torch.equal(written, pil_to_tensor(open_photo(outcome.output).rgb))  # after JPEG encoding
     assert in_memory is outcome.protected and not torch.equal(written, in_memory)
     assert album == [first.faces[0].clean_embeddings]  # this photo joins the album for the next ones
+    assert first.attack == {"steps": 3, "device": outcome.device}  # the report names the effort behind it
     measure(evaluator, outcome, ["fake"], album=album)
     assert evaluator.calls[-1][4] == [first.faces[0].clean_embeddings]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -18,6 +19,7 @@ from facecloak.core.report import (
     ProtectionEvaluator,
     ProtectionReport,
     degraded_embeddings,
+    effort_sentence,
     photo_ssim,
     render_heatmap,
     render_similarity_bars,
@@ -135,6 +137,12 @@ def test_clean_photo_matches_itself_and_protection_moves_it(report):
 
 
 def test_report_round_trips_through_json(report):
+    effort = {"steps": 30, "device": "NVIDIA H200 (CUDA, 150 GB)"}
+    data = json.loads(dataclasses.replace(report, attack=effort).to_json())
+    assert ProtectionReport.from_dict(data).attack == effort
+    assert effort_sentence(ProtectionReport.from_dict(data)) == "Protected in 30 step(s) on NVIDIA H200 (CUDA, 150 GB)."
+    data.pop("attack")  # a report saved before the effort was recorded still loads, without one
+    assert effort_sentence(ProtectionReport.from_dict(data)) == ""
     data = json.loads(report.to_json())
     again = ProtectionReport.from_dict(data)
     assert again.match_rate_after == pytest.approx(report.match_rate_after)

@@ -52,12 +52,13 @@ def short_headline(report: Any) -> str:
 
 
 def basis(report: Any) -> str:
-    """What Search and Verification rest on: other photos of the person, or an estimate for a lone photo."""
-    if not _has_threats(report):
-        return ""
-    from facecloak.core.report import basis_sentence
+    """What Search and Verification rest on (other photos of the person, or an estimate for a lone photo), and the
+    effort that protected the photo."""
+    from facecloak.core.report import basis_sentence, effort_sentence
 
-    return basis_sentence(report)
+    rests_on = basis_sentence(report) if _has_threats(report) else ""
+    effort = effort_sentence(report) if hasattr(report, "attack") else ""
+    return " ".join(filter(None, (rests_on, effort)))
 
 
 def worst_case(report: Any) -> str:

@@ -10,7 +10,7 @@ out of every measurement, so a pause neither stretches the measured speed nor th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -56,8 +56,13 @@ def format_eta(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def protection_key(settings: Any) -> tuple:
-    """The settings that change a protected photo's pixels: a photo protected under another key is protected again."""
+def protection_key(settings: Any, devices: Sequence[str]) -> tuple:
+    """The settings that change a protected photo's pixels: a photo protected under another key is protected again.
+
+    ``devices`` are this machine's devices, best first (``core.device.available_devices``): the key holds the
+    device the attack runs on, so "auto" and the device it resolves to protect alike.
+    """
+    device = devices[0] if settings.device == "auto" else settings.device
     return (
         settings.preset,
         settings.steps,
@@ -66,7 +71,7 @@ def protection_key(settings: Any) -> tuple:
         settings.blur,
         settings.jpeg,
         settings.resize,
-        settings.device,  # a GPU runs the preset's GPU form (more steps, bfloat16)
+        device,  # a GPU runs the preset's GPU form (more steps, bfloat16)
     )
 
 

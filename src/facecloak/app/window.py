@@ -612,7 +612,7 @@ class MainWindow(PathDropTarget, QMainWindow):
                 entry.status = PROTECTED
                 entry.pinned_protected = None
                 if self._run_settings is not None:
-                    self._protected_with[key] = protection_key(self._run_settings)
+                    self._protected_with[key] = protection_key(self._run_settings, self.devices)
             else:
                 # never lose a photo: keep the pixels so "Export protected" can write them elsewhere
                 entry.status = ERROR
@@ -746,7 +746,7 @@ class MainWindow(PathDropTarget, QMainWindow):
             return bool(entry.faces) and entry.pinned_protected is None
         if entry.status == PROTECTED:
             used = self._protected_with.get(entry.key)
-            return bool(entry.enabled_faces()) and used is not None and used != protection_key(settings)
+            return bool(entry.enabled_faces()) and used is not None and used != protection_key(settings, self.devices)
         return False
 
     def protect_all(self) -> bool:
@@ -952,7 +952,7 @@ class MainWindow(PathDropTarget, QMainWindow):
             self.next_step.hide()
             return
         text = next_step_text(used[0], still_matched(entry.report))
-        if used != protection_key(self.settings_panel.current()):
+        if used != protection_key(self.settings_panel.current(), self.devices):
             text += " The settings have changed since: Protect all or Protect again uses the new ones."
         self.next_step_text.setText(text)
         self.next_step.show()

@@ -603,7 +603,8 @@ def _describe(r: PhotoOutcome) -> str:
     if r.status == Status.PROTECTED:
         worst = max(r.face_dssim, default=0.0)
         output = display_path(r.output or "")
-        text = f"{name}: protected {len(r.faces)} face(s), DSSIM {worst:.4f}, {r.seconds:.1f} s -> {output}"
+        effort = f" in {r.steps} steps" if r.steps else ""
+        text = f"{name}: protected {len(r.faces)} face(s){effort}, DSSIM {worst:.4f}, {r.seconds:.1f} s -> {output}"
         return f"{text}; {r.report_note}" if r.report_note else text
     if r.status == Status.ERROR:
         return f"{name}: {_detail(r)}"

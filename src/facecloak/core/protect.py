@@ -26,7 +26,7 @@ import torch
 
 from .attack import Cloak, CloakConfig, CloakResult, ProgressCallback, preset, with_overrides
 from .detect import Face, FaceDetector
-from .device import resolves_to_cuda, select_device
+from .device import device_label, resolves_to_cuda, select_device
 from .export import ExportError, ExportOptions, check_not_original, write_protected
 from .image import PHOTO_SUFFIXES, ImageLoadError, display_path, open_photo, pil_to_tensor
 from .zoo.manifest import Roles
@@ -121,6 +121,8 @@ class PhotoOutcome:
     seconds: float = 0.0
     message: str = ""  # one line: why, for anything but PROTECTED
     face_dssim: tuple[float, ...] = ()  # per face, the change's DSSIM at photo resolution
+    steps: int = 0  # optimisation steps the attack ran (an album photo's warm start may need fewer than the preset's)
+    device: str = ""  # where the attack ran, as device_label names it, e.g. "CPU (1 thread(s))"
     report_file: Path | None = None  # the report written next to the copy, if any
     report_note: str = ""  # the report in one line: its headline, or why there is none
     clean: torch.Tensor | None = None  # the decoded photo, 1,3,H,W in [0, 1]
@@ -269,7 +271,14 @@ class Protector:
         if started is not None:
             started(len(chosen))
         result = self.protect_tensor(clean, chosen, progress, should_cancel)
-        outcome = PhotoOutcome(source, Status.PROTECTED, faces=tuple(chosen), face_dssim=tuple(result.face_dssim))
+        outcome = PhotoOutcome(
+            source,
+            Status.PROTECTED,
+            faces=tuple(chosen),
+            face_dssim=tuple(result.face_dssim),
+            steps=len(result.steps),
+            device=device_label(self.device),
+        )
         outcome.clean, outcome.protected = clean, result.photo.cpu()
         try:
             outcome.output = write_protected(photo, outcome.protected, target, options, numbered)
@@ -327,6 +336,8 @@ def measure(
         should_cancel=should_cancel,
         export_file=outcome.output if on_written else None,  # face DSSIM against the original encoded the same way
     )
+    if outcome.steps:
+        report.attack = {"steps": outcome.steps, "device": outcome.device}
     if album is not None:
         album.extend(face.clean_embeddings for face in report.faces)
     return report

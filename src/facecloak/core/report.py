@@ -193,6 +193,9 @@ class ProtectionReport:
     faces: list[FaceReport]
     quality: dict[str, float | str | None]
     search_thresholds: dict[str, dict] = field(default_factory=dict)  # evaluator -> SearchThresholds.to_dict()
+    # the effort that protected the photo: {"steps": steps the attack ran, "device": where}; empty when unknown
+    # (a copy measured by `facecloak report`, or protected by an earlier run)
+    attack: dict[str, int | str] = field(default_factory=dict)
 
     @property
     def cells(self) -> list[Cell]:
@@ -251,6 +254,7 @@ class ProtectionReport:
             "basis": self.basis,
             "evaluators": self.evaluators,
             "ensemble": self.ensemble,
+            "attack": self.attack,
             "transforms": self.transforms,
             "quality": self.quality,
             "match_rate_before": self.match_rate_before,
@@ -289,7 +293,9 @@ class ProtectionReport:
             for f in data["faces"]
         ]
         thresholds = data.get("search_thresholds", {})
-        return cls(data["evaluators"], data["ensemble"], data["transforms"], faces, data["quality"], thresholds)
+        report = cls(data["evaluators"], data["ensemble"], data["transforms"], faces, data["quality"], thresholds)
+        report.attack = data.get("attack", {})
+        return report
 
 
 # -- the sentences people read ---------------------------------------------------------------------------------
@@ -349,6 +355,14 @@ def verification_sentence(report: ProtectionReport) -> str:
 def own_original_sentence(report: ProtectionReport) -> str:
     verdict = own_original_verdict(report)
     return f"Worst case (own original): {verdict[:1].lower()}{verdict[1:]}" if verdict else ""
+
+
+def effort_sentence(report: ProtectionReport) -> str:
+    """What protected the photo, e.g. ``Protected in 30 step(s) on NVIDIA H200 (CUDA, 150 GB).``; empty when unknown."""
+    steps, device = report.attack.get("steps"), report.attack.get("device")
+    if not steps:
+        return ""
+    return f"Protected in {steps} step(s)" + (f" on {device}." if device else ".")
 
 
 def basis_sentence(report: ProtectionReport) -> str:

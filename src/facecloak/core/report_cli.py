@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_report(report) -> None:
     """The report for a terminal: the headline, each threat model per evaluator, quality."""
-    from .report import OWN_ORIGINAL, SEARCH, THREAT_MODELS, VERIFICATION, basis_sentence
+    from .report import OWN_ORIGINAL, SEARCH, THREAT_MODELS, VERIFICATION, basis_sentence, effort_sentence
 
     print(report.headline)
     print(basis_sentence(report))
@@ -169,6 +169,8 @@ def print_report(report) -> None:
     )
     print(f"views: {', '.join(report.transforms)}")
     print(f"attack ensemble: {', '.join(report.ensemble)}; held-out evaluators: {', '.join(report.evaluators)}")
+    if effort := effort_sentence(report):
+        print(effort)
 
 
 def threat_line(cell) -> str:
