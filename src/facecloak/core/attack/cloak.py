@@ -251,17 +251,6 @@ class Cloak:
         for group in self.execution.groups(len(targets)):
             chosen = [targets[i] for i in group]
             results = self._gradients(chosen, [deltas[i] for i in group], views, [shifts[i] for i in group])
-            if config.flat_radius > 0:
-                ahead = [
-                    deltas[i] + config.flat_radius * t.region.allowance * r.grad.sign()
-                    for i, t, r in zip(group, chosen, results, strict=True)
-                ]
-                later = self._gradients(chosen, ahead, views, [shifts[i] for i in group])
-                w = config.flat_weight
-                results = [
-                    _FaceStep((1 - w) * r.grad + w * lr.grad, r.similarity, r.dssim)
-                    for r, lr in zip(results, later, strict=True)
-                ]
             for i, target, result in zip(group, chosen, results, strict=True):
                 region = target.region
                 with torch.no_grad():
@@ -395,19 +384,7 @@ class Cloak:
             total.add_(g, alpha=alpha)
 
     def _view(self, view: Transform, image: torch.Tensor) -> torch.Tensor:
-        out = apply_view(view, image) if self.execution.batched else view(image)
-        rho = self.config.spectrum_rho
-        if rho <= 0:
-            return out
-        if not hasattr(self, "_spectrum_gen"):
-            self._spectrum_gen = torch.Generator().manual_seed(self.config.seed + 1)
-        g = self._spectrum_gen
-        h, w = out.shape[-2:]
-        dh, dw = _dct_matrix(h).to(out), _dct_matrix(w).to(out)
-        noise = torch.randn(out.shape, generator=g).to(out) * self.config.spectrum_sigma
-        mask = (torch.rand(out.shape, generator=g) * 2 * rho + 1 - rho).to(out)
-        coeffs = dh @ (out + noise) @ dw.T
-        return dh.T @ (coeffs * mask) @ dw
+        return apply_view(view, image) if self.execution.batched else view(image)
 
     # -- models and alignment -----------------------------------------------------------------
     def _matrix(self, model: FaceModel, region: _FaceRegion, shift: np.ndarray | None) -> np.ndarray:
@@ -474,14 +451,6 @@ class _OnFace:
     def unit(self, g: torch.Tensor) -> torch.Tensor:
         """``g`` scaled to unit mean magnitude on the face."""
         return g / self.magnitude(g).clamp_min(1e-12)
-
-
-def _dct_matrix(n: int) -> torch.Tensor:
-    k = torch.arange(n, dtype=torch.float64)[:, None]
-    i = torch.arange(n, dtype=torch.float64)[None, :]
-    d = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2 / n)
-    d[0] /= math.sqrt(2)
-    return d.float()
 
 
 def _quantise(x: torch.Tensor) -> torch.Tensor:

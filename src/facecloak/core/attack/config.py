@@ -79,10 +79,6 @@ class CloakConfig:
     bfloat16: bool = True
     cuda_autocast: bool = True
     seed: int = 0
-    flat_radius: float = 0.0
-    flat_weight: float = 0.5
-    spectrum_rho: float = 0.0
-    spectrum_sigma: float = 16 / 255
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.views_per_step < 1:
