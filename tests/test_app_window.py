@@ -200,7 +200,7 @@ def test_protect_real_face_writes_output_and_report(qtbot, window, album_dir, tm
     assert data["ensemble"] == [ENSEMBLE] and data["evaluators"] == [EVALUATOR]
     # the effort that protected the photo: in the saved report and in the panel
     assert data["attack"]["steps"] >= 1 and data["attack"]["device"] in panel.summary.text()
-    assert f"Protected in {data['attack']['steps']} step(s)" in panel.summary.text()
+    assert f"Protected in {data['attack']['steps']} step" in panel.summary.text()
     assert window.save_report_png(report_dir / "r.png")
     assert Image.open(report_dir / "r.png").size[0] >= 400
 
@@ -296,7 +296,7 @@ def test_the_cpu_label_names_the_threads_the_attack_will_get(qapp, tmp_path, mon
     try:
         panel = win.settings_panel
         texts = [panel.device.itemText(i) for i in range(panel.device.count())]
-        assert "cpu: CPU (2 thread(s))" in texts
+        assert "cpu: CPU (2 threads)" in texts
     finally:
         win.shutdown()
         win.close()
@@ -313,7 +313,7 @@ def test_the_device_setting_names_the_hardware_that_runs_the_attack(window, monk
     assert f"cpu: {device_module.device_label('cpu')}" in texts
     assert device_module.device_label("cpu").startswith("CPU (")
     # a machine with a GPU: the name of the GPU, not just "cuda"
-    names = {"cuda": "NVIDIA H200 (CUDA, 140 GB)", "cpu": "CPU (2 thread(s))"}
+    names = {"cuda": "NVIDIA H200 (CUDA, 140 GB)", "cpu": "CPU (2 threads)"}
     monkeypatch.setattr("facecloak.app.settings_panel.device_label", names.__getitem__)
     gpu = SettingsPanel(panel.store, window.manifest, window.roles, ["cuda", "cpu"])
     labels = [gpu.device.itemText(i) for i in range(gpu.device.count())]

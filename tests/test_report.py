@@ -140,7 +140,7 @@ def test_report_round_trips_through_json(report):
     effort = {"steps": 30, "device": "NVIDIA H200 (CUDA, 150 GB)"}
     data = json.loads(dataclasses.replace(report, attack=effort).to_json())
     assert ProtectionReport.from_dict(data).attack == effort
-    assert effort_sentence(ProtectionReport.from_dict(data)) == "Protected in 30 step(s) on NVIDIA H200 (CUDA, 150 GB)."
+    assert effort_sentence(ProtectionReport.from_dict(data)) == "Protected in 30 steps on NVIDIA H200 (CUDA, 150 GB)."
     data.pop("attack")  # a report saved before the effort was recorded still loads, without one
     assert effort_sentence(ProtectionReport.from_dict(data)) == ""
     data = json.loads(report.to_json())

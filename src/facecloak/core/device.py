@@ -103,7 +103,8 @@ def device_label(device: torch.device | str) -> str:
         return f"{props.name} (CUDA, {props.total_memory / 1e9:.0f} GB)"
     if device.type == "mps":
         return "Apple GPU (MPS)"
-    return f"CPU ({torch.get_num_threads()} thread(s))"
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'' if threads == 1 else 's'})"
 
 
 def cuda_has_bf16(device: torch.device | str) -> bool:

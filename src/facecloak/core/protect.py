@@ -122,7 +122,7 @@ class PhotoOutcome:
     message: str = ""  # one line: why, for anything but PROTECTED
     face_dssim: tuple[float, ...] = ()  # per face, the change's DSSIM at photo resolution
     steps: int = 0  # optimisation steps the attack ran (an album photo's warm start may need fewer than the preset's)
-    device: str = ""  # where the attack ran, as device_label names it, e.g. "CPU (1 thread(s))"
+    device: str = ""  # where the attack ran, as device_label names it, e.g. "CPU (1 thread)"
     report_file: Path | None = None  # the report written next to the copy, if any
     report_note: str = ""  # the report in one line: its headline, or why there is none
     clean: torch.Tensor | None = None  # the decoded photo, 1,3,H,W in [0, 1]

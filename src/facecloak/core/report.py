@@ -358,11 +358,11 @@ def own_original_sentence(report: ProtectionReport) -> str:
 
 
 def effort_sentence(report: ProtectionReport) -> str:
-    """What protected the photo, e.g. ``Protected in 30 step(s) on NVIDIA H200 (CUDA, 150 GB).``; empty when unknown."""
+    """What protected the photo, e.g. ``Protected in 30 steps on NVIDIA H200 (CUDA, 150 GB).``; empty when unknown."""
     steps, device = report.attack.get("steps"), report.attack.get("device")
     if not steps:
         return ""
-    return f"Protected in {steps} step(s)" + (f" on {device}." if device else ".")
+    return f"Protected in {steps} step{'' if steps == 1 else 's'}" + (f" on {device}." if device else ".")
 
 
 def basis_sentence(report: ProtectionReport) -> str:
