@@ -293,9 +293,15 @@ class ProtectionReport:
             for f in data["faces"]
         ]
         thresholds = data.get("search_thresholds", {})
-        report = cls(data["evaluators"], data["ensemble"], data["transforms"], faces, data["quality"], thresholds)
-        report.attack = data.get("attack", {})
-        return report
+        return cls(
+            data["evaluators"],
+            data["ensemble"],
+            data["transforms"],
+            faces,
+            data["quality"],
+            thresholds,
+            attack=data.get("attack", {}),
+        )
 
 
 # -- the sentences people read ---------------------------------------------------------------------------------
